@@ -1,0 +1,87 @@
+"""The exceptions this package raises, each one line and naming its culprit."""
+
+from __future__ import annotations
+
+from selinon import SelinonMissingDataException
+
+
+class StorageError(Exception):
+    """Base class of every error raised by celery-selinon-storage."""
+
+
+class ConfigurationError(StorageError):
+    """A storages file (or a storage's configuration) is wrong.
+
+    The message is one line: ``file:line: storage 'name', option 'key': what is wrong; what to do``.
+    The parts are also kept as attributes so callers need not parse the text.
+    """
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        source: str | None = None,
+        line: int | None = None,
+        storage: str | None = None,
+        option: str | None = None,
+    ) -> None:
+        self.problem = problem
+        self.source = source
+        self.line = line
+        self.storage = storage
+        self.option = option
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        where = ""
+        if self.source is not None:
+            where = self.source if self.line is None else f"{self.source}:{self.line}"
+            where += ": "
+        subject = []
+        if self.storage is not None:
+            subject.append(f"storage {self.storage!r}")
+        if self.option is not None:
+            subject.append(f"option {self.option!r}")
+        about = ", ".join(subject) + ": " if subject else ""
+        return " ".join(f"{where}{about}{self.problem}".split())
+
+
+class StorageNotFoundError(StorageError, LookupError):
+    """``get_storage`` was asked for a name that this process does not have."""
+
+
+class StoragesNotStartedError(StorageError):
+    """Storages were used in a process where they were not started."""
+
+
+class StorageClosedError(StorageError):
+    """A storage was used after its process closed it (worker shutdown)."""
+
+
+class WrongProcessError(StorageError):
+    """A storage instance was used in a process other than the one that created it."""
+
+
+class StorageUnavailableError(StorageError):
+    """The storage's server could not be reached; the call is safe to retry."""
+
+
+class MissingResultError(StorageError, SelinonMissingDataException):
+    """No record exists for the task id asked for."""
+
+    def __init__(self, storage: str, task_id: str) -> None:
+        self.storage = storage
+        self.task_id = task_id
+        super().__init__(f"storage {storage!r} has no record for task id {task_id!r}")
+
+
+class ResultNotSerializableError(StorageError, TypeError):
+    """A task result cannot be written as JSON; nothing was stored."""
+
+    def __init__(self, storage: str, task_id: str, reason: str) -> None:
+        self.storage = storage
+        self.task_id = task_id
+        super().__init__(
+            f"storage {storage!r} cannot store the result of task id {task_id!r}: {reason}; "
+            "return JSON types (dict, list, str, int, float, bool, None)"
+        )

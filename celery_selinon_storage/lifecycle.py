@@ -1,0 +1,148 @@
+"""The lifecycle of a process's storages, top to bottom: load, create, guard, connect, close.
+
+Each worker process owns one ``ProcessStorages``: prefork children build theirs after the fork,
+the other pools build one in the main process. ``get_storage`` hands out the calling process's
+instances and refuses anything else.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from celery.utils.log import get_logger
+
+from .errors import StoragesNotStartedError, StorageNotFoundError
+from .guards import GuardKind
+from .managed import ManagedStorage
+from .specs import StorageSpec, load_storages
+
+logger = get_logger("celery_selinon_storage")
+
+#: How long start-up may spend connecting before the rest connect on first use. Prefork kills a
+#: child whose ``worker_process_init`` handlers run past ~4 s, so this stays well below that.
+DEFAULT_CONNECT_BUDGET = 2.0
+
+
+class ProcessStorages:
+    """The storages of one process: a guarded instance per spec, connected at start, closed once."""
+
+    def __init__(self, specs: Sequence[StorageSpec], guard_kind: GuardKind) -> None:
+        self.pid = os.getpid()
+        self.guard_kind = guard_kind
+        self.storages: dict[str, ManagedStorage] = {
+            spec.name: ManagedStorage(spec.name, spec.create(), guard_kind) for spec in specs
+        }
+
+    def connect_all(self, budget: float = DEFAULT_CONNECT_BUDGET) -> None:
+        """Connect each storage; one that fails, or that the budget leaves out, connects on first use."""
+        deadline = time.monotonic() + budget
+        for name, storage in self.storages.items():
+            if time.monotonic() > deadline:
+                logger.warning("storage %s: start-up budget spent, it will connect on first use", name)
+                continue
+            try:
+                storage.connect()
+            except Exception as exc:  # noqa: BLE001 - a down server must not stop the worker
+                logger.warning(
+                    "storage %s could not connect at start (%s); it will connect on first use",
+                    name,
+                    type(exc).__name__,
+                )
+
+    def get(self, name: str) -> ManagedStorage:
+        """The storage called ``name``."""
+        try:
+            return self.storages[name]
+        except KeyError:
+            raise StorageNotFoundError(
+                f"no storage named {name!r} in this process; the storages are: {', '.join(self.storages)}"
+            ) from None
+
+    def close(self, timeout: float | None = None) -> None:
+        """Disconnect every storage once; with ``timeout``, do not wait longer for a running call."""
+        for name, storage in self.storages.items():
+            if storage.closed:
+                continue
+            try:
+                if not storage.close(timeout):
+                    logger.warning("storage %s: a call was still running; disconnected anyway", name)
+            except Exception as exc:  # noqa: BLE001 - keep closing the others
+                logger.warning("storage %s failed to disconnect: %s", name, type(exc).__name__)
+        logger.info("storages closed in process %d: %s", self.pid, self.summary())
+
+    def summary(self) -> str:
+        """One line: per storage, the count of each operation called."""
+        parts = []
+        for name, storage in self.storages.items():
+            counts = ", ".join(
+                f"{stats.calls} {operation}" for operation, stats in storage.stats.items() if stats.calls
+            )
+            parts.append(f"{name} ({counts or 'unused'})")
+        return "; ".join(parts)
+
+    def describe(self) -> str:
+        """One line for the start-up log: name, class and guard of each storage."""
+        return ", ".join(
+            f"{name} ({type(s.adapter).__name__}, guard={s.guard_kind.value})" for name, s in self.storages.items()
+        )
+
+
+_current: ProcessStorages | None = None
+
+
+def start_process_storages(
+    specs: Sequence[StorageSpec], guard_kind: GuardKind, budget: float = DEFAULT_CONNECT_BUDGET
+) -> ProcessStorages:
+    """Create and connect this process's storages and make them what ``get_storage`` returns."""
+    global _current
+    if _current is not None and _current.pid == os.getpid():
+        raise StoragesNotStartedError(
+            f"storages were already started in process {os.getpid()}; stop them before starting again"
+        )
+    storages = ProcessStorages(specs, guard_kind)
+    _current = storages
+    storages.connect_all(budget)
+    logger.info("storages started in process %d: %s", storages.pid, storages.describe())
+    return storages
+
+
+def stop_process_storages(timeout: float | None = None) -> None:
+    """Close this process's storages (no-op when there are none)."""
+    global _current
+    storages, _current = _current, None
+    if storages is not None and storages.pid == os.getpid():
+        storages.close(timeout)
+
+
+def current_storages() -> ProcessStorages:
+    """This process's storages, or ``StoragesNotStartedError``."""
+    if _current is None or _current.pid != os.getpid():
+        raise StoragesNotStartedError(
+            f"storages are not started in process {os.getpid()}; run the worker with --storages FILE "
+            "(after install(app)), or wrap the code in open_storages(FILE)"
+        )
+    return _current
+
+
+def get_storage(name: str) -> ManagedStorage:
+    """The calling process's instance of the storage called ``name``."""
+    return current_storages().get(name)
+
+
+@contextmanager
+def open_storages(
+    source: str | os.PathLike[str] | Sequence[StorageSpec],
+    guard_kind: GuardKind = GuardKind.THREAD,
+    environ: Mapping[str, str] | None = None,
+) -> Iterator[ProcessStorages]:
+    """Start storages outside a worker (scripts, tests, shells) and close them on exit."""
+    specs = load_storages(Path(source), environ) if isinstance(source, (str, os.PathLike)) else source
+    storages = start_process_storages(specs, guard_kind)
+    try:
+        yield storages
+    finally:
+        stop_process_storages()

@@ -1,0 +1,165 @@
+"""``ManagedStorage``: one adapter instance, bound to its process, behind its guard."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from selinon import DataStorage
+
+from .errors import StorageClosedError, WrongProcessError
+from .guards import Guard, GuardKind, make_guard
+
+T = TypeVar("T")
+
+#: Operations that are counted (``inspect storages`` and the shutdown summary report them).
+OPERATIONS = ("store", "retrieve", "delete", "store_error")
+
+
+def is_concurrency_safe(adapter: DataStorage) -> bool:
+    """Whether the adapter declares that several threads or greenlets may call one instance at once."""
+    return bool(getattr(adapter, "concurrency_safe", False))
+
+
+class OperationStats:
+    """Calls, errors and total seconds of one operation in one process."""
+
+    __slots__ = ("calls", "errors", "seconds")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.errors = 0
+        self.seconds = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        """Counts and mean latency, for reports."""
+        mean_ms = 1000 * self.seconds / self.calls if self.calls else 0.0
+        return {"calls": self.calls, "errors": self.errors, "mean_ms": round(mean_ms, 3)}
+
+
+class ManagedStorage(DataStorage):  # type: ignore[misc]
+    """A ``DataStorage`` that forwards to one adapter, in the process that made it, under its guard.
+
+    Connecting happens once (at start or, if the server was down then, on first use); calls after
+    ``close`` or from another process are refused. Hashable by identity, as Selinon needs.
+    """
+
+    def __init__(self, name: str, adapter: DataStorage, guard_kind: GuardKind) -> None:
+        self.name = name
+        self.adapter = adapter
+        self.concurrency_safe = is_concurrency_safe(adapter)
+        self.guard_kind = GuardKind.NONE if self.concurrency_safe else guard_kind
+        # Connections must not cross a fork: remember the creating process and refuse others.
+        self.pid = os.getpid()
+        self._call_guard: Guard = make_guard(self.guard_kind)
+        # connect/disconnect are serialised even for concurrency-safe adapters.
+        self._lifecycle_guard: Guard = make_guard(GuardKind.NONE if guard_kind is GuardKind.NONE else guard_kind)
+        self._closed = False
+        self.stats = {operation: OperationStats() for operation in OPERATIONS}
+
+    def __repr__(self) -> str:
+        return (
+            f"<ManagedStorage {self.name!r} {type(self.adapter).__name__} "
+            f"guard={self.guard_kind.value} pid={self.pid}>"
+        )
+
+    __hash__ = object.__hash__
+
+    def __del__(self) -> None:
+        """Closing is the lifecycle's job (``close``), never the garbage collector's."""
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Connect the adapter unless it is connected already."""
+        self._check_usable()
+        with self._lifecycle_guard:
+            if not self.adapter.is_connected():
+                self.adapter.connect()
+
+    def is_connected(self) -> bool:
+        """Whether the adapter says it is connected."""
+        return bool(self.adapter.is_connected())
+
+    def disconnect(self) -> None:
+        """Same as ``close``: a managed storage is disconnected once, by its owner."""
+        self.close()
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Disconnect and refuse further calls. Waits for a running call (``timeout`` bounds the wait).
+
+        Returns False when the wait timed out; the adapter is then disconnected anyway (cold shutdown).
+        """
+        if self._closed:
+            return True
+        self._closed = True
+        if os.getpid() != self.pid:
+            return True  # this process only holds a copy; the owner closes the original
+        got_call = self._call_guard.acquire() if timeout is None else self._call_guard.acquire(timeout=timeout)
+        try:
+            if self.adapter.is_connected():
+                self.adapter.disconnect()
+        finally:
+            if got_call:
+                self._call_guard.release()
+        return got_call
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` has been called."""
+        return self._closed
+
+    # -- DataStorage -------------------------------------------------------------------------
+
+    def store(self, node_args: Any, flow_name: str, task_name: str, task_id: str, result: Any) -> Any:
+        """Store ``result`` for ``task_id``; returns the adapter's record id."""
+        return self._call("store", self.adapter.store, node_args, flow_name, task_name, task_id, result)
+
+    def retrieve(self, flow_name: str, task_name: str, task_id: str) -> Any:
+        """The result stored for ``task_id``."""
+        return self._call("retrieve", self.adapter.retrieve, flow_name, task_name, task_id)
+
+    def delete(self, flow_name: str, task_name: str, task_id: str) -> Any:
+        """Delete the result stored for ``task_id``."""
+        return self._call("delete", self.adapter.delete, flow_name, task_name, task_id)
+
+    def store_error(
+        self, node_args: Any, flow_name: str, task_name: str, task_id: str, exc_info: Any
+    ) -> Any:
+        """Record a task's failure."""
+        return self._call(
+            "store_error", self.adapter.store_error, node_args, flow_name, task_name, task_id, exc_info
+        )
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if os.getpid() != self.pid:
+            raise WrongProcessError(
+                f"storage {self.name!r} was created in process {self.pid} and used in process {os.getpid()}; "
+                "connections must not cross a fork: call get_storage() in the process that uses it"
+            )
+        if self._closed:
+            raise StorageClosedError(
+                f"storage {self.name!r} is closed (its worker process is shutting down); "
+                "use it only from tasks or inside open_storages()"
+            )
+
+    def _call(self, operation: str, method: Callable[..., T], *args: Any) -> T:
+        self._check_usable()
+        if not self.adapter.is_connected():
+            self.connect()  # the server was down at start, or dropped us: connect on use
+        stats = self.stats[operation]
+        started = time.perf_counter()
+        try:
+            with self._call_guard:
+                return method(*args)
+        except BaseException:
+            stats.errors += 1
+            raise
+        finally:
+            stats.calls += 1
+            stats.seconds += time.perf_counter() - started
+

@@ -1,0 +1,191 @@
+"""A storages YAML file becomes a list of checked ``StorageSpec`` objects."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selinon import DataStorage
+
+from .envvars import InvalidReference, expand, has_reference
+from .errors import ConfigurationError
+from .options import OptionProblem, check_options
+from .storages import BUILTIN_STORAGES, builtin_storage_class
+from .storages.base import JsonStorage
+from .yaml_source import LocatedDict, LocatedList, load_yaml_file
+
+#: Keys a storage entry may have (``cache`` is Selinon's and is accepted, not used here).
+ENTRY_KEYS = ("name", "classname", "import", "configuration", "cache")
+
+#: ``import:`` values that mean "the built-in adapters" (the first is what Selinon's docs write).
+BUILTIN_MODULE_ALIASES = frozenset(
+    {"selinon.storage", "selinon.storages", "celery_selinon_storage", "celery_selinon_storage.storages"}
+)
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """One storage to create in every worker process: its class and checked keyword options."""
+
+    name: str
+    cls: type[DataStorage]
+    options: Mapping[str, Any] = field(repr=False)  # may hold secrets
+    source: str = "<memory>"
+    line: int = 0
+
+    def create(self) -> DataStorage:
+        """A new, unconnected instance (built-in adapters learn their name, for messages)."""
+        instance = self.cls(**self.options)
+        if isinstance(instance, JsonStorage):
+            instance.storage_name = self.name
+        return instance
+
+
+def load_storages(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> list[StorageSpec]:
+    """Read and check a storages file (a Selinon ``nodes.yml`` works as is)."""
+    source = str(path)
+    document = load_yaml_file(Path(path))
+    return parse_storages(document, source, os.environ if environ is None else environ)
+
+
+def parse_storages(document: Any, source: str, environ: Mapping[str, str]) -> list[StorageSpec]:
+    """Check the parsed document; every problem raises a one-line ``ConfigurationError``."""
+    if document is None:
+        raise ConfigurationError("the file is empty; it needs a top-level 'storages:' list", source=source)
+    if not isinstance(document, LocatedDict):
+        raise ConfigurationError(
+            "the top level must be a mapping with a 'storages:' list", source=source, line=_line(document, 1)
+        )
+    entries = document.get("storages")
+    if "storages" not in document:
+        raise ConfigurationError(
+            "there is no top-level 'storages:' list; add one", source=source, line=document.line
+        )
+    if not isinstance(entries, LocatedList) or not entries:
+        raise ConfigurationError(
+            "'storages:' must be a non-empty list of storages (each with name, classname, configuration)",
+            source=source,
+            line=document.line_of("storages"),
+        )
+
+    specs: list[StorageSpec] = []
+    first_line: dict[str, int] = {}
+    for entry, line in zip(entries, entries.item_lines):
+        spec = _parse_entry(entry, line, source, environ)
+        if spec.name in first_line:
+            raise ConfigurationError(
+                f"the name is used twice (first on line {first_line[spec.name]}); storage names must be unique",
+                source=source,
+                line=spec.line,
+                storage=spec.name,
+            )
+        first_line[spec.name] = spec.line
+        specs.append(spec)
+    return specs
+
+
+def _parse_entry(entry: Any, line: int, source: str, environ: Mapping[str, str]) -> StorageSpec:
+    if not isinstance(entry, LocatedDict):
+        raise ConfigurationError(
+            "each item of 'storages:' must be a mapping with name, classname and configuration",
+            source=source,
+            line=line,
+        )
+    name = entry.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigurationError(
+            "a storage needs a 'name:' (non-empty text)", source=source, line=entry.line_of("name")
+        )
+
+    def fail(problem: str, key: str | None = None, option: str | None = None) -> ConfigurationError:
+        return ConfigurationError(
+            problem, source=source, line=entry.line_of(key or "name"), storage=name, option=option
+        )
+
+    for key in entry:
+        if key not in ENTRY_KEYS:
+            raise fail(f"unknown key {key!r}; a storage takes: {', '.join(ENTRY_KEYS)}", key)
+
+    cls = _resolve_class(entry, name, fail)
+    configuration = entry.get("configuration")
+    if configuration is None:
+        configuration = LocatedDict()
+        configuration.line, configuration.key_lines = entry.line, {}
+    if not isinstance(configuration, LocatedDict):
+        raise fail("'configuration:' must be a mapping of option: value", "configuration")
+
+    raw: dict[str, Any] = {}
+    for option, value in configuration.items():
+        if not isinstance(option, str):
+            raise fail("option names must be text", "configuration")
+        try:
+            raw[option] = _expanded(value, environ)
+        except InvalidReference as exc:
+            raise ConfigurationError(
+                str(exc), source=source, line=configuration.line_of(option), storage=name, option=option
+            ) from None
+    try:
+        options = check_options(cls, raw)
+    except OptionProblem as exc:
+        line = configuration.line_of(exc.option) if exc.option in configuration else configuration.line
+        raise ConfigurationError(str(exc), source=source, line=line, storage=name, option=exc.option) from None
+    return StorageSpec(name=name, cls=cls, options=options, source=source, line=entry.line_of("name"))
+
+
+def _resolve_class(entry: LocatedDict, name: str, fail: Any) -> type[DataStorage]:
+    classname = entry.get("classname", name)
+    if not isinstance(classname, str) or not classname:
+        raise fail("'classname:' must be the name of a class", "classname")
+    module_name = entry.get("import")
+    if module_name is not None and not isinstance(module_name, str):
+        raise fail("'import:' must be a module path such as myproject.storages", "import")
+
+    if module_name is None or module_name in BUILTIN_MODULE_ALIASES:
+        if classname not in BUILTIN_STORAGES:
+            raise fail(
+                f"class {classname!r} is not a built-in storage (built-ins: {', '.join(BUILTIN_STORAGES)}); "
+                "fix 'classname:' or set 'import:' to the module that defines it",
+                "classname",
+            )
+        try:
+            cls = builtin_storage_class(classname)
+        except ImportError as exc:
+            raise fail(f"{exc}", "classname") from None
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # noqa: BLE001 - any import failure is a configuration problem
+            raise fail(
+                f"module {module_name!r} cannot be imported ({type(exc).__name__}: {exc}); "
+                "fix 'import:' or install the package that provides it",
+                "import",
+            ) from None
+        cls = getattr(module, classname, None)
+        if cls is None:
+            raise fail(f"module {module_name!r} has no class {classname!r}; fix 'classname:'", "classname")
+
+    if not (isinstance(cls, type) and issubclass(cls, DataStorage)):
+        raise fail(
+            f"{classname!r} is not a subclass of selinon.DataStorage; a storage class must implement it",
+            "classname",
+        )
+    return cls
+
+
+def _expanded(value: Any, environ: Mapping[str, str]) -> Any:
+    """Plain Python data with environment references expanded in every text value."""
+    if isinstance(value, str):
+        return expand(value, environ) if has_reference(value) else value
+    if isinstance(value, dict):
+        return {key: _expanded(item, environ) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_expanded(item, environ) for item in value]
+    return value
+
+
+def _line(value: Any, default: int) -> int:
+    return getattr(value, "line", default)

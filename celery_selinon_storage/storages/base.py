@@ -1,0 +1,59 @@
+"""What every built-in adapter shares: its name in messages, strict JSON and error records."""
+
+from __future__ import annotations
+
+import json
+import traceback
+from types import TracebackType
+from typing import Any, ClassVar
+
+from selinon import DataStorage
+
+from ..errors import MissingResultError, ResultNotSerializableError
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+
+class JsonStorage(DataStorage):  # type: ignore[misc]
+    """Base of the built-in adapters: results are JSON documents keyed by task id."""
+
+    #: True when one instance may be called by several threads or greenlets at once.
+    concurrency_safe: ClassVar[bool] = False
+
+    #: The storage's name from the YAML; set by the lifecycle, used in messages.
+    storage_name: str = ""
+
+    def __del__(self) -> None:
+        """Disconnecting is the lifecycle's job, never the garbage collector's."""
+
+    @property
+    def label(self) -> str:
+        """The name to use in messages."""
+        return self.storage_name or type(self).__name__
+
+    def missing(self, task_id: str) -> MissingResultError:
+        """The error for a task id with no record."""
+        return MissingResultError(self.label, task_id)
+
+    def dumps(self, task_id: str, value: Any) -> str:
+        """``value`` as strict JSON text, or ``ResultNotSerializableError``."""
+        try:
+            return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            raise ResultNotSerializableError(self.label, task_id, str(exc)) from None
+
+    def store_error(
+        self, node_args: Any, flow_name: str, task_name: str, task_id: str, exc_info: ExcInfo
+    ) -> Any:
+        """Record the failure (type, message, traceback text) in place of a result."""
+        return self.store(node_args, flow_name, task_name, task_id, {"error": error_record(exc_info)})
+
+
+def error_record(exc_info: ExcInfo) -> dict[str, str]:
+    """A JSON-ready description of an exception."""
+    exc_type, exc, tb = exc_info
+    return {
+        "type": f"{exc_type.__module__}.{exc_type.__qualname__}",
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc_type, exc, tb)),
+    }
