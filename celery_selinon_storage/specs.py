@@ -16,7 +16,7 @@ from .errors import ConfigurationError
 from .options import OptionProblem, check_options
 from .storages import BUILTIN_STORAGES, builtin_storage_class
 from .storages.base import JsonStorage
-from .yaml_source import LocatedDict, LocatedList, load_yaml_file
+from .yaml_source import LocatedDict, LocatedList, duplicate_key, load_yaml_file
 
 #: Keys a storage entry may have (``cache`` is Selinon's and is accepted, not used here).
 ENTRY_KEYS = ("name", "classname", "import", "configuration", "cache")
@@ -56,6 +56,7 @@ def parse_storages(document: Any, source: str, environ: Mapping[str, str]) -> li
     """Check the parsed document; every problem raises a one-line ``ConfigurationError``."""
     if document is None:
         raise ConfigurationError("the file is empty; it needs a top-level 'storages:' list", source=source)
+    _refuse_duplicate_keys(document.duplicates if isinstance(document, LocatedDict) else [], source)
     if not isinstance(document, LocatedDict):
         raise ConfigurationError(
             "the top level must be a mapping with a 'storages:' list", source=source, line=_line(document, 1)
@@ -106,22 +107,27 @@ def _parse_entry(entry: Any, line: int, source: str, environ: Mapping[str, str])
             problem, source=source, line=entry.line_of(key or "name"), storage=name, option=option
         )
 
+    _refuse_duplicate_keys(entry.duplicates, source, name)
     for key in entry:
         if key not in ENTRY_KEYS:
             raise fail(f"unknown key {key!r}; a storage takes: {', '.join(ENTRY_KEYS)}", key)
 
-    cls = _resolve_class(entry, name, fail)
     configuration = entry.get("configuration")
     if configuration is None:
         configuration = LocatedDict()
-        configuration.line, configuration.key_lines = entry.line, {}
+        configuration.line, configuration.key_lines, configuration.duplicates = entry.line, {}, []
     if not isinstance(configuration, LocatedDict):
         raise fail("'configuration:' must be a mapping of option: value", "configuration")
+    _refuse_duplicate_keys(configuration.duplicates, source, name, in_options=True)
+    cls = _resolve_class(entry, name, fail)
 
     raw: dict[str, Any] = {}
     for option, value in configuration.items():
         if not isinstance(option, str):
             raise fail("option names must be text", "configuration")
+        nested = duplicate_key(value)
+        if nested:
+            _refuse_duplicate_keys([nested], source, name, option)
         try:
             raw[option] = _expanded(value, environ)
         except InvalidReference as exc:
@@ -134,6 +140,27 @@ def _parse_entry(entry: Any, line: int, source: str, environ: Mapping[str, str])
         line = configuration.line_of(exc.option) if exc.option in configuration else configuration.line
         raise ConfigurationError(str(exc), source=source, line=line, storage=name, option=exc.option) from None
     return StorageSpec(name=name, cls=cls, options=options, source=source, line=entry.line_of("name"))
+
+
+def _refuse_duplicate_keys(
+    duplicates: list[tuple[Any, int, int]],
+    source: str,
+    storage: str | None = None,
+    option: str | None = None,
+    in_options: bool = False,
+) -> None:
+    """A key written twice is an error (YAML would silently keep the last one)."""
+    if not duplicates:
+        return
+    key, line, first_line = duplicates[0]
+    what = f"key {key!r}" if option or not in_options else "the option"
+    raise ConfigurationError(
+        f"{what} is written twice in one mapping (first on line {first_line}); keep only one of them",
+        source=source,
+        line=line,
+        storage=storage,
+        option=option or (str(key) if in_options else None),
+    )
 
 
 def _resolve_class(entry: LocatedDict, name: str, fail: Any) -> type[DataStorage]:

@@ -17,6 +17,8 @@ class LocatedDict(dict[Any, Any]):
 
     line: int
     key_lines: dict[Any, int]
+    #: Keys written more than once, as (key, line written again, line first written).
+    duplicates: list[tuple[Any, int, int]]
 
     def line_of(self, key: Any) -> int:
         """The line of ``key``, or of the mapping itself when the key is absent."""
@@ -35,7 +37,7 @@ def _line(node: yaml.Node) -> int:
 
 
 class _LocatingLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys and keeps line numbers.
+    """SafeLoader that notes duplicate keys (the caller reports them in context) and keeps line numbers.
 
     Safe: only plain YAML types are built; a ``!!python/...`` tag is an error.
     """
@@ -45,11 +47,12 @@ class _LocatingLoader(yaml.SafeLoader):
         self.source = source
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> LocatedDict:  # type: ignore[override]
-        self._refuse_duplicate_keys(node)
+        duplicates = self._duplicate_keys(node)
         self.flatten_mapping(node)
         mapping = LocatedDict()
         mapping.line = _line(node)
         mapping.key_lines = {}
+        mapping.duplicates = duplicates
         for key_node, value_node in node.value:
             key = self.construct_object(key_node, deep=True)
             if not isinstance(key, (str, int, float, bool)) and key is not None:
@@ -62,20 +65,18 @@ class _LocatingLoader(yaml.SafeLoader):
             mapping.key_lines[key] = _line(key_node)
         return mapping
 
-    def _refuse_duplicate_keys(self, node: yaml.MappingNode) -> None:
+    def _duplicate_keys(self, node: yaml.MappingNode) -> list[tuple[Any, int, int]]:
         first_seen: dict[Any, int] = {}
+        duplicates = []
         for key_node, _ in node.value:
             if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
                 continue
             key = self.construct_object(key_node, deep=True)
             if key in first_seen:
-                raise ConfigurationError(
-                    f"key {key!r} is written twice in one mapping (first on line {first_seen[key]}); "
-                    "keep only one of them",
-                    source=self.source,
-                    line=_line(key_node),
-                )
-            first_seen[key] = _line(key_node)
+                duplicates.append((key, _line(key_node), first_seen[key]))
+            else:
+                first_seen[key] = _line(key_node)
+        return duplicates
 
     def construct_located_sequence(self, node: yaml.SequenceNode) -> LocatedList:
         sequence = LocatedList(self.construct_object(child, deep=True) for child in node.value)
@@ -86,6 +87,23 @@ class _LocatingLoader(yaml.SafeLoader):
 
 _LocatingLoader.add_constructor("tag:yaml.org,2002:map", _LocatingLoader.construct_mapping)
 _LocatingLoader.add_constructor("tag:yaml.org,2002:seq", _LocatingLoader.construct_located_sequence)
+
+
+def duplicate_key(value: Any) -> tuple[Any, int, int] | None:
+    """The first key written twice anywhere inside ``value`` (a parsed document or part of one)."""
+    if isinstance(value, LocatedDict):
+        if value.duplicates:
+            return value.duplicates[0]
+        children: Any = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return None
+    for child in children:
+        found = duplicate_key(child)
+        if found:
+            return found
+    return None
 
 
 def load_yaml_file(path: Path) -> Any:
@@ -108,6 +126,8 @@ def load_yaml_file(path: Path) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = " ".join(str(part) for part in (exc.context, exc.problem) if part)
+        if exc.context_mark and mark and exc.context_mark.line != mark.line:
+            problem += f" (it starts on line {exc.context_mark.line + 1})"
         raise ConfigurationError(
             f"invalid YAML: {problem}; fix the syntax (safe YAML only, no Python tags)",
             source=source,

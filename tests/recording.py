@@ -1,0 +1,103 @@
+"""A storage adapter that records every call to a shared log file, for tests across processes.
+
+Each event is one JSON line written with a single ``write`` on an ``O_APPEND`` file, so lines of
+several processes never interleave. Times are ``time.monotonic()`` (one clock for the machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from selinon import DataStorage
+
+from celery_selinon_storage import MissingResultError
+
+
+def _task_id_of_caller() -> str:
+    try:
+        import greenlet  # present under eventlet and gevent
+
+        return f"{threading.get_ident()}:{id(greenlet.getcurrent())}"
+    except ImportError:
+        return str(threading.get_ident())
+
+
+class RecordingStorage(DataStorage):  # type: ignore[misc]
+    """Not concurrency-safe: the worker's guard must serialise its callers."""
+
+    concurrency_safe = False
+
+    def __init__(self, log_path: str, label: str, call_seconds: float = 0.05) -> None:
+        self.log_path = log_path
+        self.label = label
+        self.call_seconds = call_seconds
+        self.instance = uuid.uuid4().hex
+        self.connected = False
+        self.results: dict[str, Any] = {}
+        self._record("create")
+
+    def __del__(self) -> None:
+        """No cleanup here."""
+
+    def _record(self, event: str, task_id: str | None = None) -> None:
+        line = json.dumps(
+            {
+                "event": event,
+                "label": self.label,
+                "instance": self.instance,
+                "pid": os.getpid(),
+                "caller": _task_id_of_caller(),
+                "task_id": task_id,
+                "t": time.monotonic(),
+            }
+        )
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
+
+    def connect(self) -> None:
+        self._record("connect")
+        self.connected = True
+
+    def is_connected(self) -> bool:
+        return self.connected
+
+    def disconnect(self) -> None:
+        self._record("disconnect")
+        self.connected = False
+
+    def store(self, node_args: Any, flow_name: str, task_name: str, task_id: str, result: Any) -> str:
+        if not self.connected:
+            self._record("store-while-disconnected", task_id)
+        self._record("store-begin", task_id)
+        time.sleep(self.call_seconds)  # green under eventlet/gevent: lets other tasks run meanwhile
+        self.results[task_id] = result
+        self._record("store-end", task_id)
+        return task_id
+
+    def retrieve(self, flow_name: str, task_name: str, task_id: str) -> Any:
+        try:
+            return self.results[task_id]
+        except KeyError:
+            raise MissingResultError(self.label, task_id) from None
+
+
+class SafeRecordingStorage(RecordingStorage):
+    """Declares itself concurrency-safe: the guard must let its callers overlap."""
+
+    concurrency_safe = True
+
+
+def read_events(log_path: Path) -> list[dict[str, Any]]:
+    """Every recorded event, in the order written."""
+    if not log_path.exists():
+        return []
+    return [json.loads(line) for line in log_path.read_text().splitlines() if line]

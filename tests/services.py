@@ -1,0 +1,27 @@
+"""Reach the real servers the tests need; under CI a missing server fails the test instead of skipping it."""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlsplit
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+REDIS_URL = os.environ.setdefault("CSS_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+
+def require_server(url: str, what: str) -> str:
+    """Return ``url`` if its host:port accepts a TCP connection, else skip (fail under CI)."""
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 0), timeout=3):
+            pass
+    except OSError as exc:
+        message = f"{what} at {parts.hostname}:{parts.port} is not reachable ({exc}); start it (see README)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return url

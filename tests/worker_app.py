@@ -1,0 +1,32 @@
+"""The Celery app that the worker tests start as ``celery -A tests.worker_app worker``.
+
+Broker and result backend: the Redis of ``CSS_TEST_REDIS_URL``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+from celery_selinon_storage import get_storage, install
+
+REDIS_URL = os.environ.get("CSS_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+app = Celery("worker_app", broker=REDIS_URL, backend=REDIS_URL)
+app.conf.update(
+    worker_hijack_root_logger=True,
+    broker_connection_retry_on_startup=True,
+    task_default_queue=os.environ.get("CSS_TEST_QUEUE", "celery"),
+    worker_prefetch_multiplier=1,
+    result_expires=600,
+)
+install(app)
+
+
+@app.task(bind=True, name="tests.store_in")
+def store_in(self, storage_names: list[str]) -> str:  # type: ignore[no-untyped-def]
+    """Store one record per named storage, keyed by this task's id; return the worker pid."""
+    for name in storage_names:
+        get_storage(name).store(None, "test_flow", "store_in", self.request.id, {"ok": True})
+    return str(os.getpid())

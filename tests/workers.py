@@ -1,0 +1,89 @@
+"""Start and stop real ``celery worker`` processes for tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = re.compile(r"\bready\.")
+
+
+class WorkerProcess:
+    """A ``celery -A tests.worker_app worker`` subprocess with its output in a file."""
+
+    def __init__(
+        self,
+        log_dir: Path,
+        storages: Path | None,
+        pool: str,
+        concurrency: int = 1,
+        queue: str = "celery",
+        extra: tuple[str, ...] = (),
+        app: str = "tests.worker_app",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.output_path = log_dir / f"worker-{pool}-{uuid.uuid4().hex[:6]}.log"
+        self.command = [
+            sys.executable, "-m", "celery", "-A", app, "worker",
+            "-P", pool, "-c", str(concurrency), "-Q", queue, "-n", f"{uuid.uuid4().hex[:8]}@%h",
+            "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
+            *(["--storages", str(storages)] if storages else []), *extra,
+        ]  # fmt: skip
+        self.env = {**os.environ, "CSS_TEST_QUEUE": queue, "PYTHONPATH": str(ROOT), **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        with self.output_path.open("wb") as output:
+            self.process = subprocess.Popen(
+                self.command, cwd=ROOT, env=self.env, stdout=output, stderr=subprocess.STDOUT
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
+    def output(self) -> str:
+        return self.output_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 60) -> WorkerProcess:
+        deadline = time.monotonic() + timeout
+        while not READY.search(self.output):
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.output}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"worker not ready after {timeout}s:\n{self.output}")
+            time.sleep(0.1)
+        return self
+
+    def run_to_exit(self, timeout: float = 60) -> int:
+        """Start and wait for the worker to exit by itself (a start-up error)."""
+        self.start()
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        """Send ``sig`` and wait for the exit status."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            raise AssertionError(f"worker did not stop within {timeout}s:\n{self.output}") from None
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
