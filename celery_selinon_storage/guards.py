@@ -6,6 +6,7 @@ import contextlib
 import enum
 import sys
 import threading
+from types import TracebackType
 from typing import Any, Protocol
 
 
@@ -18,7 +19,9 @@ class Guard(Protocol):
 
     def __enter__(self) -> Any: ...
 
-    def __exit__(self, *exc_info: object) -> Any: ...
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None, /
+    ) -> Any: ...
 
 
 class GuardKind(enum.Enum):

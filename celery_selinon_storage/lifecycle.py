@@ -15,7 +15,7 @@ from pathlib import Path
 
 from celery.utils.log import get_logger
 
-from .errors import StoragesNotStartedError, StorageNotFoundError
+from .errors import StorageNotFoundError, StoragesNotStartedError
 from .guards import GuardKind
 from .managed import ManagedStorage
 from .specs import StorageSpec, load_storages
@@ -87,7 +87,8 @@ class ProcessStorages:
     def describe(self) -> str:
         """One line for the start-up log: name, class and guard of each storage."""
         return ", ".join(
-            f"{name} ({type(s.adapter).__name__}, guard={s.guard_kind.value})" for name, s in self.storages.items()
+            f"{name} ({type(s.adapter).__name__}, guard={s.guard_kind.value})"
+            for name, s in self.storages.items()
         )
 
 

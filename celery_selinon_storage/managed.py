@@ -55,7 +55,9 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
         self.pid = os.getpid()
         self._call_guard: Guard = make_guard(self.guard_kind)
         # connect/disconnect are serialised even for concurrency-safe adapters.
-        self._lifecycle_guard: Guard = make_guard(GuardKind.NONE if guard_kind is GuardKind.NONE else guard_kind)
+        self._lifecycle_guard: Guard = make_guard(
+            GuardKind.NONE if guard_kind is GuardKind.NONE else guard_kind
+        )
         self._closed = False
         self.stats = {operation: OperationStats() for operation in OPERATIONS}
 
@@ -97,7 +99,9 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
         self._closed = True
         if os.getpid() != self.pid:
             return True  # this process only holds a copy; the owner closes the original
-        got_call = self._call_guard.acquire() if timeout is None else self._call_guard.acquire(timeout=timeout)
+        got_call = (
+            self._call_guard.acquire() if timeout is None else self._call_guard.acquire(timeout=timeout)
+        )
         try:
             if self.adapter.is_connected():
                 self.adapter.disconnect()
@@ -125,9 +129,7 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
         """Delete the result stored for ``task_id``."""
         return self._call("delete", self.adapter.delete, flow_name, task_name, task_id)
 
-    def store_error(
-        self, node_args: Any, flow_name: str, task_name: str, task_id: str, exc_info: Any
-    ) -> Any:
+    def store_error(self, node_args: Any, flow_name: str, task_name: str, task_id: str, exc_info: Any) -> Any:
         """Record a task's failure."""
         return self._call(
             "store_error", self.adapter.store_error, node_args, flow_name, task_name, task_id, exc_info
@@ -162,4 +164,3 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
         finally:
             stats.calls += 1
             stats.seconds += time.perf_counter() - started
-

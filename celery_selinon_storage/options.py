@@ -36,12 +36,11 @@ def check_options(cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
     accepted = ", ".join(named) or "no options"
 
     checked: dict[str, Any] = {}
-    for option, value in options.items():
+    for option, written in options.items():
         if option not in named and not takes_any:
             raise OptionProblem(option, f"unknown option; {cls.__name__} takes: {accepted}")
         annotation = hints.get(option, Any)
-        if isinstance(value, ExpandedText):
-            value = _from_environment(value, annotation)
+        value = _from_environment(written, annotation) if isinstance(written, ExpandedText) else written
         if not _matches(value, annotation):
             raise OptionProblem(
                 option,
@@ -50,7 +49,10 @@ def check_options(cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
         checked[option] = value
     for name, parameter in named.items():
         if parameter.default is inspect.Parameter.empty and name not in checked:
-            raise OptionProblem(name, f"required option is missing; add it under configuration: ({cls.__name__} takes: {accepted})")
+            raise OptionProblem(
+                name,
+                f"required option is missing; add it under configuration: ({cls.__name__} takes: {accepted})",
+            )
     return checked
 
 

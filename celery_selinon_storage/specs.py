@@ -45,7 +45,9 @@ class StorageSpec:
         return instance
 
 
-def load_storages(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> list[StorageSpec]:
+def load_storages(
+    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None
+) -> list[StorageSpec]:
     """Read and check a storages file (a Selinon ``nodes.yml`` works as is)."""
     source = str(path)
     document = load_yaml_file(Path(path))
@@ -75,11 +77,12 @@ def parse_storages(document: Any, source: str, environ: Mapping[str, str]) -> li
 
     specs: list[StorageSpec] = []
     first_line: dict[str, int] = {}
-    for entry, line in zip(entries, entries.item_lines):
+    for entry, line in zip(entries, entries.item_lines, strict=True):
         spec = _parse_entry(entry, line, source, environ)
         if spec.name in first_line:
             raise ConfigurationError(
-                f"the name is used twice (first on line {first_line[spec.name]}); storage names must be unique",
+                f"the name is used twice (first on line {first_line[spec.name]}); "
+                "storage names must be unique",
                 source=source,
                 line=spec.line,
                 storage=spec.name,
@@ -138,7 +141,9 @@ def _parse_entry(entry: Any, line: int, source: str, environ: Mapping[str, str])
         options = check_options(cls, raw)
     except OptionProblem as exc:
         line = configuration.line_of(exc.option) if exc.option in configuration else configuration.line
-        raise ConfigurationError(str(exc), source=source, line=line, storage=name, option=exc.option) from None
+        raise ConfigurationError(
+            str(exc), source=source, line=line, storage=name, option=exc.option
+        ) from None
     return StorageSpec(name=name, cls=cls, options=options, source=source, line=entry.line_of("name"))
 
 
@@ -191,7 +196,7 @@ def _resolve_class(entry: LocatedDict, name: str, fail: Any) -> type[DataStorage
                 "fix 'import:' or install the package that provides it",
                 "import",
             ) from None
-        cls = getattr(module, classname, None)
+        cls = getattr(module, classname, None)  # type: ignore[assignment]
         if cls is None:
             raise fail(f"module {module_name!r} has no class {classname!r}; fix 'classname:'", "classname")
 

@@ -18,67 +18,97 @@ EXPECTED: dict[str, tuple[int | None, str | None, str | None, str]] = {
     "missing.yml": (None, None, None, "storages file not found; pass the path of an existing YAML file"),
     "empty.yml": (None, None, None, "the file is empty; it needs a top-level 'storages:' list"),
     "syntax.yml": (
-        7, None, None,
+        7,
+        None,
+        None,
         "invalid YAML: while scanning a quoted scalar found unexpected end of stream (it starts on line 5); "
         "fix the syntax (safe YAML only, no Python tags)",
     ),
     "top_level_list.yml": (1, None, None, "the top level must be a mapping with a 'storages:' list"),
     "no_storages_key.yml": (1, None, None, "there is no top-level 'storages:' list; add one"),
     "storages_not_list.yml": (
-        1, None, None,
+        1,
+        None,
+        None,
         "'storages:' must be a non-empty list of storages (each with name, classname, configuration)",
     ),
     "missing_name.yml": (2, None, None, "a storage needs a 'name:' (non-empty text)"),
     "duplicate_name.yml": (
-        4, "Results", None,
+        4,
+        "Results",
+        None,
         "storage 'Results': the name is used twice (first on line 2); storage names must be unique",
     ),
     "unknown_entry_key.yml": (
-        3, "Results", None,
+        3,
+        "Results",
+        None,
         "storage 'Results': unknown key 'clasname'; a storage takes: name, classname, import, configuration, cache",
     ),
     "unknown_class.yml": (
-        3, "Results", None,
+        3,
+        "Results",
+        None,
         "storage 'Results': class 'SqlStorag' is not a built-in storage (built-ins: InMemoryStorage, SqlStorage); "
         "fix 'classname:' or set 'import:' to the module that defines it",
     ),
     "module_not_importable.yml": (
-        4, "Results", None,
+        4,
+        "Results",
+        None,
         "storage 'Results': module 'myproject.no_such_module' cannot be imported "
         "(ModuleNotFoundError: No module named 'myproject'); fix 'import:' or install the package that provides it",
     ),
     "not_a_data_storage.yml": (
-        3, "Results", None,
+        3,
+        "Results",
+        None,
         "storage 'Results': 'OrderedDict' is not a subclass of selinon.DataStorage; "
         "a storage class must implement it",
     ),
     "configuration_not_mapping.yml": (
-        4, "Results", None, "storage 'Results': 'configuration:' must be a mapping of option: value"
+        4,
+        "Results",
+        None,
+        "storage 'Results': 'configuration:' must be a mapping of option: value",
     ),
     "unknown_option.yml": (
-        5, "Results", "conection_string",
+        5,
+        "Results",
+        "conection_string",
         f"storage 'Results', option 'conection_string': unknown option; SqlStorage takes: {SQL_OPTIONS}",
     ),
     "missing_required_option.yml": (
-        5, "Results", "connection_string",
+        5,
+        "Results",
+        "connection_string",
         "storage 'Results', option 'connection_string': required option is missing; "
         f"add it under configuration: (SqlStorage takes: {SQL_OPTIONS})",
     ),
     "wrong_type.yml": (
-        6, "Results", "echo", "storage 'Results', option 'echo': must be true or false, not text; fix its value"
+        6,
+        "Results",
+        "echo",
+        "storage 'Results', option 'echo': must be true or false, not text; fix its value",
     ),
     "unset_environment_variable.yml": (
-        5, "Results", "connection_string",
+        5,
+        "Results",
+        "connection_string",
         "storage 'Results', option 'connection_string': environment variable CSS_TEST_UNSET_PASSWORD is not set; "
         "set it or write ${CSS_TEST_UNSET_PASSWORD:-default}",
     ),
     "python_tag.yml": (
-        5, None, None,
+        5,
+        None,
+        None,
         "invalid YAML: could not determine a constructor for the tag "
         "'tag:yaml.org,2002:python/object/apply:os.system'; fix the syntax (safe YAML only, no Python tags)",
     ),
     "seed_redis_duplicate_key.yml": (
-        12, "MyRedisStorage", "host",
+        12,
+        "MyRedisStorage",
+        "host",
         "storage 'MyRedisStorage', option 'host': the option is written twice in one mapping "
         "(first on line 7); keep only one of them",
     ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import time
@@ -66,7 +67,7 @@ def overlaps(events: list[Event]) -> int:
     begins = {e["task_id"]: e["t"] for e in events if e["event"] == "store-begin"}
     ends = {e["task_id"]: e["t"] for e in events if e["event"] == "store-end"}
     intervals = sorted((begins[t], ends[t]) for t in begins if t in ends)
-    return sum(1 for (_, end), (begin, _) in zip(intervals, intervals[1:]) if begin < end)
+    return sum(1 for (_, end), (begin, _) in itertools.pairwise(intervals) if begin < end)
 
 
 def check_instances(events: list[Event]) -> dict[str, list[Event]]:
@@ -107,8 +108,10 @@ def test_every_pool_owns_guards_and_closes_its_storages(
     slow = [store_in.apply_async((["Slow"],), queue=queue) for _ in range(concurrency * 2)]
     running = min(concurrency, 2)
     wait_for(
-        lambda: sum(e["event"] == "store-begin" and e["label"] == "Slow" for e in read_events(events_path))
-        >= running,
+        lambda: (
+            sum(e["event"] == "store-begin" and e["label"] == "Slow" for e in read_events(events_path))
+            >= running
+        ),
         30,
         "slow stores to begin",
     )
@@ -125,7 +128,9 @@ def test_every_pool_owns_guards_and_closes_its_storages(
     instances = check_instances(events)
     creating_pids = {e["pid"] for e in events if e["event"] == "create"}
     if pool == "prefork":
-        assert worker.pid not in creating_pids and second.pid not in creating_pids, "the parent built storages"
+        assert worker.pid not in creating_pids and second.pid not in creating_pids, (
+            "the parent built storages"
+        )
         assert task_pids <= creating_pids
     else:
         assert creating_pids == {worker.pid, second.pid}
@@ -147,9 +152,17 @@ def test_prefork_children_replaced_by_recycling_or_a_crash_build_fresh_instances
 ) -> None:
     events_path = tmp_path / "events.jsonl"
     storages = write_storages(tmp_path, events_path)
-    worker = workers(
-        storages=storages, pool="prefork", concurrency=2, queue=queue, extra=("--max-tasks-per-child", "2")
-    ).start().wait_ready()
+    worker = (
+        workers(
+            storages=storages,
+            pool="prefork",
+            concurrency=2,
+            queue=queue,
+            extra=("--max-tasks-per-child", "2"),
+        )
+        .start()
+        .wait_ready()
+    )
 
     results = [store_in.apply_async((["Unsafe"],), queue=queue) for _ in range(12)]
     task_pids = {int(result.get(timeout=60)) for result in results}

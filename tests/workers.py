@@ -21,6 +21,7 @@ class WorkerProcess:
     def __init__(
         self,
         log_dir: Path,
+        *,
         storages: Path | None,
         pool: str,
         concurrency: int = 1,

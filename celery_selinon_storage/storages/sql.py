@@ -147,7 +147,9 @@ def _results_table(name: str, dialect: str) -> Any:
         sa.Column("task_name", sa.String(255)),
         sa.Column("node_args", json_type),
         sa.Column("result", json_type),
-        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), onupdate=sa.func.now()),
+        sa.Column(
+            "updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), onupdate=sa.func.now()
+        ),
     )
 
 

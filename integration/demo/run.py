@@ -24,7 +24,9 @@ LIFECYCLE = re.compile(r"storages (started|closed) in process .*")
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo", "eventlet", "gevent"])
+    parser.add_argument(
+        "--pool", default="prefork", choices=["prefork", "threads", "solo", "eventlet", "gevent"]
+    )
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--tasks", type=int, default=40)
     args = parser.parse_args()

@@ -1,0 +1,36 @@
+"""install(app): the step and the option, once; where the storages file comes from."""
+
+from __future__ import annotations
+
+import pytest
+from celery import Celery
+from celery.exceptions import ImproperlyConfigured
+
+from celery_selinon_storage import STORAGES_ENV, STORAGES_SETTING, StorageStep, install
+from celery_selinon_storage.bootstep import storages_path
+
+
+def test_install_adds_the_step_and_the_option() -> None:
+    app = Celery("proj", set_as_current=False)
+    install(app)
+    assert StorageStep in app.steps["worker"]
+    assert [option.name for option in app.user_options["worker"]] == ["storages"]
+
+
+def test_install_twice_is_refused() -> None:
+    app = Celery("proj", set_as_current=False)
+    install(app)
+    with pytest.raises(
+        ImproperlyConfigured, match=r"already installed on app 'proj'; call install\(app\) once"
+    ):
+        install(app)
+
+
+def test_the_option_beats_the_environment_which_beats_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = Celery("proj", set_as_current=False)
+    app.conf[STORAGES_SETTING] = "from-setting.yml"
+    monkeypatch.delenv(STORAGES_ENV, raising=False)
+    assert storages_path(app, None) == "from-setting.yml"
+    monkeypatch.setenv(STORAGES_ENV, "from-env.yml")
+    assert storages_path(app, None) == "from-env.yml"
+    assert storages_path(app, "from-option.yml") == "from-option.yml"
