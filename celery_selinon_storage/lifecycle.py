@@ -8,7 +8,7 @@ instances and refuses anything else.
 from __future__ import annotations
 
 import os
-import time
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +22,7 @@ from .specs import StorageSpec, load_storages
 
 logger = get_logger("celery_selinon_storage")
 
-#: How long start-up may spend connecting before the rest connect on first use. Prefork kills a
+#: How long start-up waits for connections before it lets the process take tasks. Prefork kills a
 #: child whose ``worker_process_init`` handlers run past ~4 s, so this stays well below that.
 DEFAULT_CONNECT_BUDGET = 2.0
 
@@ -38,12 +38,25 @@ class ProcessStorages:
         }
 
     def connect_all(self, budget: float = DEFAULT_CONNECT_BUDGET) -> None:
-        """Connect each storage; one that fails, or that the budget leaves out, connects on first use."""
-        deadline = time.monotonic() + budget
+        """Connect every storage, waiting at most ``budget`` seconds.
+
+        The connecting runs in a helper thread so that a server that hangs cannot hold the process
+        past the budget; a storage still connecting then finishes in the background (a task that needs
+        it waits for it), and one that fails connects on first use.
+        """
+        helper = threading.Thread(target=self._connect_each, name="storages-connect", daemon=True)
+        helper.start()
+        helper.join(budget)
+        if helper.is_alive():
+            waiting = [name for name, storage in self.storages.items() if not storage.is_connected()]
+            logger.warning(
+                "storages still connecting after %.1fs, continuing in the background: %s",
+                budget,
+                ", ".join(waiting),
+            )
+
+    def _connect_each(self) -> None:
         for name, storage in self.storages.items():
-            if time.monotonic() > deadline:
-                logger.warning("storage %s: start-up budget spent, it will connect on first use", name)
-                continue
             try:
                 storage.connect()
             except Exception as exc:  # noqa: BLE001 - a down server must not stop the worker

@@ -54,9 +54,10 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
         # Connections must not cross a fork: remember the creating process and refuse others.
         self.pid = os.getpid()
         self._call_guard: Guard = make_guard(self.guard_kind)
-        # connect/disconnect are serialised even for concurrency-safe adapters.
+        # connect/disconnect are serialised even for concurrency-safe adapters, and even where tasks
+        # never overlap: start-up connects from a helper thread (see ProcessStorages.connect_all).
         self._lifecycle_guard: Guard = make_guard(
-            GuardKind.NONE if guard_kind is GuardKind.NONE else guard_kind
+            GuardKind.THREAD if guard_kind is GuardKind.NONE else guard_kind
         )
         self._closed = False
         self.stats = {operation: OperationStats() for operation in OPERATIONS}
@@ -99,16 +100,17 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
         self._closed = True
         if os.getpid() != self.pid:
             return True  # this process only holds a copy; the owner closes the original
-        got_call = (
-            self._call_guard.acquire() if timeout is None else self._call_guard.acquire(timeout=timeout)
-        )
+        got_lifecycle = _acquire(self._lifecycle_guard, timeout)
+        got_call = _acquire(self._call_guard, timeout)
         try:
             if self.adapter.is_connected():
                 self.adapter.disconnect()
         finally:
             if got_call:
                 self._call_guard.release()
-        return got_call
+            if got_lifecycle:
+                self._lifecycle_guard.release()
+        return got_call and got_lifecycle
 
     @property
     def closed(self) -> bool:
@@ -164,3 +166,7 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
         finally:
             stats.calls += 1
             stats.seconds += time.perf_counter() - started
+
+
+def _acquire(guard: Guard, timeout: float | None) -> bool:
+    return guard.acquire() if timeout is None else guard.acquire(timeout=timeout)

@@ -16,7 +16,7 @@ _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONL
 
 
 class OptionProblem(ValueError):
-    """One option is unknown, missing or of the wrong type."""
+    """One option is unknown, missing, of the wrong type or of a value the adapter refuses."""
 
     def __init__(self, option: str | None, problem: str) -> None:
         self.option = option

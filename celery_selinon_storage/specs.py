@@ -139,6 +139,8 @@ def _parse_entry(entry: Any, line: int, source: str, environ: Mapping[str, str])
             ) from None
     try:
         options = check_options(cls, raw)
+        if issubclass(cls, JsonStorage):
+            cls(**options)  # built-in adapters check their options when built, without any I/O
     except OptionProblem as exc:
         line = configuration.line_of(exc.option) if exc.option in configuration else configuration.line
         raise ConfigurationError(

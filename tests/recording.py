@@ -33,10 +33,13 @@ class RecordingStorage(DataStorage):  # type: ignore[misc]
 
     concurrency_safe = False
 
-    def __init__(self, log_path: str, label: str, call_seconds: float = 0.05) -> None:
+    def __init__(
+        self, log_path: str, label: str, call_seconds: float = 0.05, connect_seconds: float = 0.0
+    ) -> None:
         self.log_path = log_path
         self.label = label
         self.call_seconds = call_seconds
+        self.connect_seconds = connect_seconds
         self.instance = uuid.uuid4().hex
         self.connected = False
         self.results: dict[str, Any] = {}
@@ -64,6 +67,7 @@ class RecordingStorage(DataStorage):  # type: ignore[misc]
             os.close(fd)
 
     def connect(self) -> None:
+        time.sleep(self.connect_seconds)  # a slow server
         self._record("connect")
         self.connected = True
 

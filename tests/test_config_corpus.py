@@ -85,6 +85,12 @@ EXPECTED: dict[str, tuple[int | None, str | None, str | None, str]] = {
         "storage 'Results', option 'connection_string': required option is missing; "
         f"add it under configuration: (SqlStorage takes: {SQL_OPTIONS})",
     ),
+    "unknown_sql_dialect.yml": (
+        5,
+        "Results",
+        "connection_string",
+        "storage 'Results', option 'connection_string': SQLAlchemy has no dialect 'postgress'; fix the URL's scheme",
+    ),
     "wrong_type.yml": (
         6,
         "Results",

@@ -102,10 +102,10 @@ storages:
 def test_text_from_the_environment_stays_text_where_text_is_wanted(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        "storages:\n  - {name: R, classname: SqlStorage, configuration: {connection_string: '${URL}'}}\n",
+        "storages:\n  - {name: R, classname: SqlStorage, configuration: {connection_string: 'sqlite://', table_name: '${T}'}}\n",
     )
-    [spec] = load_storages(path, environ={"URL": "123"})
-    assert spec.options["connection_string"] == "123"
+    [spec] = load_storages(path, environ={"T": "123"})
+    assert spec.options["table_name"] == "123"
 
 
 def test_environment_text_that_is_not_a_number_is_a_type_error(tmp_path: Path) -> None:

@@ -196,3 +196,59 @@ def _alive(pid: int) -> bool:
 
 def teardown_module() -> None:
     app.close()
+
+
+def test_a_slow_connect_neither_kills_a_prefork_child_nor_lets_a_task_use_it_unconnected(
+    tmp_path: Path, redis_url: str, queue: str, workers: Callable[..., WorkerProcess]
+) -> None:
+    events_path = tmp_path / "events.jsonl"
+    storages = tmp_path / "storages.yml"
+    storages.write_text(
+        "storages:\n  - name: Unsafe\n    classname: RecordingStorage\n    import: tests.recording\n"
+        f"    configuration: {{log_path: '{events_path}', label: Unsafe, connect_seconds: 6.0}}\n"
+    )
+    worker = workers(storages=storages, pool="prefork", concurrency=1, queue=queue).start().wait_ready()
+    results = [store_in.apply_async((["Unsafe"],), queue=queue) for _ in range(3)]
+    for result in results:
+        result.get(timeout=60)
+    assert worker.stop(signal.SIGTERM) == 0, worker.output
+    assert "storages still connecting after 2.0s, continuing in the background: Unsafe" in worker.output
+    assert "Timed out waiting for UP message" not in worker.output
+    assert "SIGKILL" not in worker.output
+    events = read_events(events_path)
+    check_instances(events)
+    assert len({e["pid"] for e in events}) == 1, "the child was replaced"
+
+
+@pytest.mark.parametrize("pool", ["prefork", "eventlet", "gevent", "solo"])
+def test_cold_shutdown_disconnects_without_hanging(
+    pool: str, tmp_path: Path, redis_url: str, queue: str, workers: Callable[..., WorkerProcess]
+) -> None:
+    # Celery 5.7's own cold shutdown fails with a traceback under threads and solo (no kill_job) and
+    # under eventlet and gevent (a blocking call in the hub); what is ours must still not hang or fail.
+    events_path = tmp_path / "events.jsonl"
+    storages = write_storages(tmp_path, events_path)
+    worker = workers(storages=storages, pool=pool, concurrency=2, queue=queue).start().wait_ready()
+    store_in.apply_async((["Unsafe", "Safe"],), queue=queue).get(timeout=30)
+    store_in.apply_async((["Slow"],), queue=queue)
+    wait_for(
+        lambda: any(e["event"] == "store-begin" and e["label"] == "Slow" for e in read_events(events_path)),
+        30,
+        "a slow store to begin",
+    )
+    started = time.monotonic()
+    worker.stop(signal.SIGQUIT, timeout=30)
+    assert time.monotonic() - started < 20
+    assert "Hitting Ctrl+C again will terminate all running tasks" in worker.output  # cold shutdown began
+    for ours in (
+        "StorageClosedError",
+        "WrongProcessError",
+        "StoragesNotStartedError",
+        "failed to disconnect",
+    ):
+        assert ours not in worker.output
+    events = read_events(events_path)
+    used = {e["instance"] for e in events if e["event"] == "store-begin"}
+    disconnected = [e["instance"] for e in events if e["event"] == "disconnect"]
+    assert used <= set(disconnected), "an instance that was used was not disconnected"
+    assert len(disconnected) == len(set(disconnected)), "an instance was disconnected twice"

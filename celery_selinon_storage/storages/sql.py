@@ -12,10 +12,16 @@ require("sqlalchemy", "sql")
 import sqlalchemy as sa  # noqa: E402
 from sqlalchemy.dialects import mysql, postgresql, sqlite  # noqa: E402
 
+from ..options import OptionProblem  # noqa: E402
 from .base import JsonStorage  # noqa: E402
 
 #: SQLAlchemy 2 no longer accepts the ``postgres://`` scheme that Selinon's docs write.
 _SCHEME_ALIASES = {"postgres": "postgresql"}
+
+#: Driver used when the URL names none. Pure-Python drivers: their sockets are made green by
+#: eventlet's and gevent's monkey-patching, so a query never blocks the hub (psycopg's C wait
+#: only knows gevent; mysqlclient knows neither).
+DEFAULT_DRIVERS = {"postgresql": "pg8000", "mysql": "pymysql", "mariadb": "pymysql"}
 
 
 class SqlStorage(JsonStorage):
@@ -33,9 +39,10 @@ class SqlStorage(JsonStorage):
         engine_options: dict[str, Any] | None = None,
     ) -> None:
         if encoding.replace("-", "").lower() != "utf8":
-            raise ValueError(f"encoding {encoding!r} is not supported: results are stored as UTF-8 JSON")
-        url = sa.engine.make_url(connection_string)
-        self.url = url.set(drivername=_SCHEME_ALIASES.get(url.drivername, url.drivername))
+            raise OptionProblem(
+                "encoding", f"{encoding!r} is not supported; results are stored as UTF-8 JSON"
+            )
+        self.url = _database_url(connection_string)
         self.echo = echo
         self.table_name = table_name
         self.engine_options = dict(engine_options or {})
@@ -135,6 +142,32 @@ class SqlStorage(JsonStorage):
             self._connection.rollback()
             if not sa.inspect(self._connection).has_table(self.table_name):
                 raise
+
+
+def _database_url(connection_string: str) -> Any:
+    """The URL with its default driver filled in; its driver must be importable."""
+    try:
+        url = sa.engine.make_url(connection_string)
+    except sa.exc.ArgumentError:
+        raise OptionProblem(
+            "connection_string", "is not a database URL; write dialect[+driver]://user:password@host/database"
+        ) from None
+    dialect = _SCHEME_ALIASES.get(url.get_backend_name(), url.get_backend_name())
+    driver = url.get_driver_name() if "+" in url.drivername else DEFAULT_DRIVERS.get(dialect)
+    url = url.set(drivername=f"{dialect}+{driver}" if driver else dialect)
+    try:
+        url.get_dialect().import_dbapi()
+    except sa.exc.NoSuchModuleError:
+        raise OptionProblem(
+            "connection_string", f"SQLAlchemy has no dialect {url.drivername!r}; fix the URL's scheme"
+        ) from None
+    except ImportError as exc:
+        raise OptionProblem(
+            "connection_string",
+            f"the driver for {url.drivername!r} is not installed ({exc.name}); "
+            "pip install 'celery-selinon-storage[sql]' or install the driver the URL names",
+        ) from None
+    return url
 
 
 def _results_table(name: str, dialect: str) -> Any:
