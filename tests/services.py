@@ -11,6 +11,11 @@ import pytest
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 REDIS_URL = os.environ.setdefault("CSS_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+POSTGRES_URL = os.environ.get("CSS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+MARIADB_URL = os.environ.get("CSS_TEST_MARIADB_URL", "mysql://root@127.0.0.1:3306/test")
+#: Set these to use servers of your own (docker-compose.yml) instead of the ones the tests start.
+MONGO_URI = os.environ.get("CSS_TEST_MONGO_URI")
+S3_ENDPOINT = os.environ.get("CSS_TEST_S3_ENDPOINT")
 
 
 def require_server(url: str, what: str) -> str:

@@ -26,6 +26,14 @@ EXPECTED: dict[str, tuple[int | None, str | None, str | None, str]] = {
     ),
     "top_level_list.yml": (1, None, None, "the top level must be a mapping with a 'storages:' list"),
     "no_storages_key.yml": (1, None, None, "there is no top-level 'storages:' list; add one"),
+    "seed_s3_copy_paste.yml": (
+        7,
+        "MyMongoStorage",
+        "db_name",
+        "storage 'MyMongoStorage', option 'db_name': unknown option; S3Storage takes: bucket, bucket_name, "
+        "endpoint_url, region_name, aws_access_key_id, aws_secret_access_key, aws_session_token, location, use_ssl, "
+        "key_prefix, create_bucket, connect_timeout, read_timeout, max_pool_connections",
+    ),
     "storages_not_list.yml": (
         1,
         None,
@@ -49,7 +57,7 @@ EXPECTED: dict[str, tuple[int | None, str | None, str | None, str]] = {
         3,
         "Results",
         None,
-        "storage 'Results': class 'SqlStorag' is not a built-in storage (built-ins: InMemoryStorage, SqlStorage); "
+        "storage 'Results': class 'SqlStorag' is not a built-in storage (built-ins: InMemoryStorage, SqlStorage, RedisStorage, MongoStorage, S3Storage); "
         "fix 'classname:' or set 'import:' to the module that defines it",
     ),
     "module_not_importable.yml": (

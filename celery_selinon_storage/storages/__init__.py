@@ -7,15 +7,29 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .memory import InMemoryStorage
+    from .mongo import MongoStorage
+    from .redis import RedisStorage
+    from .s3 import S3Storage
     from .sql import SqlStorage
 
 #: Class name -> module (relative to this package) that defines it.
 BUILTIN_STORAGES: dict[str, str] = {
     "InMemoryStorage": ".memory",
     "SqlStorage": ".sql",
+    "RedisStorage": ".redis",
+    "MongoStorage": ".mongo",
+    "S3Storage": ".s3",
 }
 
-__all__ = ["BUILTIN_STORAGES", "InMemoryStorage", "SqlStorage", "builtin_storage_class"]
+__all__ = [
+    "BUILTIN_STORAGES",
+    "InMemoryStorage",
+    "MongoStorage",
+    "RedisStorage",
+    "S3Storage",
+    "SqlStorage",
+    "builtin_storage_class",
+]
 
 
 def builtin_storage_class(name: str) -> type:
