@@ -75,6 +75,20 @@ class MissingResultError(StorageError, SelinonMissingDataException):
         super().__init__(f"storage {storage!r} has no record for task id {task_id!r}")
 
 
+class ResultTooLargeError(StorageError, ValueError):
+    """A task result is larger than the backend accepts; nothing was stored."""
+
+    def __init__(self, storage: str, task_id: str, size: int, limit: int, hint: str) -> None:
+        self.storage = storage
+        self.task_id = task_id
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"storage {storage!r} cannot store the result of task id {task_id!r}: it is {size:,} bytes "
+            f"as JSON and the server accepts at most {limit:,}; {hint}"
+        )
+
+
 class ResultNotSerializableError(StorageError, TypeError):
     """A task result cannot be written as JSON; nothing was stored."""
 

@@ -10,10 +10,14 @@ from .drivers import require
 require("pymongo", "mongo")
 
 import pymongo  # noqa: E402
+import pymongo.errors  # noqa: E402
 import pymongo.uri_parser  # noqa: E402
 
+from ..errors import ResultTooLargeError  # noqa: E402
 from ..options import OptionProblem  # noqa: E402
 from .base import JsonStorage  # noqa: E402
+
+_MAX_BSON = 16 * 1024 * 1024
 
 
 class MongoStorage(JsonStorage):
@@ -94,13 +98,13 @@ class MongoStorage(JsonStorage):
             client.close()
 
     def store(self, node_args: Any, flow_name: str, task_name: str, task_id: str, result: Any) -> str:
-        document = {
-            "_id": task_id,
-            "flow_name": flow_name,
-            "task_name": task_name,
-            "result": self.dumps(task_id, result),
-        }
-        self._connected().replace_one({"_id": task_id}, document, upsert=True)
+        text = self.dumps(task_id, result)
+        document = {"_id": task_id, "flow_name": flow_name, "task_name": task_name, "result": text}
+        try:
+            self._connected().replace_one({"_id": task_id}, document, upsert=True)
+        except pymongo.errors.DocumentTooLarge:
+            hint = "MongoDB documents hold at most 16 MiB: store less"
+            raise ResultTooLargeError(self.label, task_id, len(text.encode()), _MAX_BSON, hint) from None
         return task_id
 
     def retrieve(self, flow_name: str, task_name: str, task_id: str) -> Any:

@@ -7,6 +7,7 @@ autocommit mode: one round trip per store, retrieve or delete, as fast as the pl
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ require("sqlalchemy", "sql")
 import sqlalchemy as sa  # noqa: E402
 from sqlalchemy.dialects import mysql, postgresql, sqlite  # noqa: E402
 
+from ..errors import ResultTooLargeError  # noqa: E402
 from ..options import OptionProblem  # noqa: E402
 from .base import JsonStorage  # noqa: E402
 
@@ -30,6 +32,9 @@ _SCHEME_ALIASES = {"postgres": "postgresql"}
 DEFAULT_DRIVERS = {"postgresql": "pg8000", "mysql": "pymysql", "mariadb": "pymysql"}
 
 _COLUMNS = ("task_id", "flow_name", "task_name", "node_args", "result")
+
+#: Bytes of SQL around the values of an upsert, rounded up (for the max_allowed_packet check).
+_STATEMENT_OVERHEAD = 1024
 
 
 class SqlStorage(JsonStorage):
@@ -59,6 +64,7 @@ class SqlStorage(JsonStorage):
         self._cursor: Any = None  # the DBAPI cursor every call uses
         self._statements: _Statements | None = None
         self._lost_connection_errors: tuple[type[BaseException], ...] = ()
+        self._max_statement_bytes: int | None = None  # MariaDB/MySQL: max_allowed_packet
 
     def __repr__(self) -> str:
         # render_as_string masks the password by default
@@ -76,6 +82,9 @@ class SqlStorage(JsonStorage):
             table = _results_table(self.table_name, engine.dialect.name)
             _create_table(connection, table)
             self._statements = _Statements.compile(table, engine.dialect)
+            if engine.dialect.name in ("mysql", "mariadb"):
+                limit: Any = connection.exec_driver_sql("SELECT @@max_allowed_packet").scalar()
+                self._max_statement_bytes = int(limit)
             driver_connection: Any = connection.connection.driver_connection
             self._cursor = driver_connection.cursor()
         except BaseException:
@@ -93,7 +102,8 @@ class SqlStorage(JsonStorage):
         connection, engine = self._connection, self._engine
         self._connection = self._engine = self._cursor = self._statements = None
         if connection is not None:
-            connection.close()
+            with contextlib.suppress(Exception):  # a connection the server dropped cannot close cleanly
+                connection.close()
         if engine is not None:
             engine.dispose()
 
@@ -101,6 +111,8 @@ class SqlStorage(JsonStorage):
 
     def store(self, node_args: Any, flow_name: str, task_name: str, task_id: str, result: Any) -> str:
         row = (task_id, flow_name, task_name, _node_args_json(node_args), self.dumps(task_id, result))
+        if self._max_statement_bytes is not None:
+            self._check_size(task_id, row)
         self._execute("upsert", row)
         return task_id
 
@@ -115,6 +127,14 @@ class SqlStorage(JsonStorage):
             raise self.missing(task_id)
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _check_size(self, task_id: str, row: tuple[str, ...]) -> None:
+        limit = self._max_statement_bytes or 0
+        size = sum(len(value.encode()) for value in row) + _STATEMENT_OVERHEAD
+        if size > limit:
+            raise ResultTooLargeError(
+                self.label, task_id, size, limit, "raise the server's max_allowed_packet or store less"
+            )
 
     def _execute(self, name: str, values: tuple[Any, ...]) -> Any:
         statements, cursor = self._statements, self._cursor
