@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -16,6 +17,11 @@ MARIADB_URL = os.environ.get("CSS_TEST_MARIADB_URL", "mysql://root@127.0.0.1:330
 #: Set these to use servers of your own (docker-compose.yml) instead of the ones the tests start.
 MONGO_URI = os.environ.get("CSS_TEST_MONGO_URI")
 S3_ENDPOINT = os.environ.get("CSS_TEST_S3_ENDPOINT")
+#: Any keys do for moto_server; MinIO wants its root user's (minioadmin/minioadmin in docker-compose.yml).
+S3_KEYS: dict[str, Any] = {
+    "aws_access_key_id": os.environ.get("CSS_TEST_S3_ACCESS_KEY", "test"),
+    "aws_secret_access_key": os.environ.get("CSS_TEST_S3_SECRET_KEY", "test-secret-key"),
+}
 
 
 def require_server(url: str, what: str) -> str:

@@ -18,6 +18,7 @@ from celery_selinon_storage.storages.mongo import MongoStorage
 from celery_selinon_storage.storages.redis import RedisStorage
 from celery_selinon_storage.storages.s3 import S3Storage
 from celery_selinon_storage.storages.sql import SqlStorage
+from tests.services import S3_KEYS
 
 Factory = Callable[[], JsonStorage]
 MiB = 1024 * 1024
@@ -47,12 +48,7 @@ def _redis(url: str, request: pytest.FixtureRequest, unique: str) -> Factory:
 
 def _s3(endpoint: str, request: pytest.FixtureRequest, unique: str) -> Factory:
     return lambda: S3Storage(
-        bucket=unique,
-        endpoint_url=endpoint,
-        region_name="eu-central-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test-secret",
-        use_ssl=False,
+        bucket=unique, endpoint_url=endpoint, region_name="eu-central-1", use_ssl=False, **S3_KEYS
     )
 
 

@@ -30,3 +30,14 @@ def store_in(self, storage_names: list[str]) -> str:  # type: ignore[no-untyped-
     for name in storage_names:
         get_storage(name).store(None, "test_flow", "store_in", self.request.id, {"ok": True})
     return str(os.getpid())
+
+
+@app.task(bind=True, name="tests.store_and_read_back")
+def store_and_read_back(self, storage_names: list[str], payload: dict[str, object]) -> bool:  # type: ignore[no-untyped-def]
+    """Store ``payload`` in each named storage and read it back; True when every copy is identical."""
+    for name in storage_names:
+        storage = get_storage(name)
+        storage.store(None, "test_flow", "store_and_read_back", self.request.id, payload)
+        if storage.retrieve("test_flow", "store_and_read_back", self.request.id) != payload:
+            return False
+    return True

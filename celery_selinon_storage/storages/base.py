@@ -38,7 +38,7 @@ class JsonStorage(DataStorage):  # type: ignore[misc]
     def dumps(self, task_id: str, value: Any) -> str:
         """``value`` as strict JSON text, or ``ResultNotSerializableError``."""
         try:
-            return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+            return to_json(value)
         except (TypeError, ValueError) as exc:
             raise ResultNotSerializableError(self.label, task_id, str(exc)) from None
 
@@ -47,6 +47,11 @@ class JsonStorage(DataStorage):  # type: ignore[misc]
     ) -> Any:
         """Record the failure (type, message, traceback text) in place of a result."""
         return self.store(node_args, flow_name, task_name, task_id, {"error": error_record(exc_info)})
+
+
+#: Strict, compact JSON: NaN and infinities are refused (no JSON parser outside Python reads them).
+#: Built once: ``json.dumps`` with options makes a new encoder on every call.
+to_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
 
 def error_record(exc_info: ExcInfo) -> dict[str, str]:

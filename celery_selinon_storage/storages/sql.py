@@ -21,7 +21,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite  # noqa: E402
 
 from ..errors import ResultTooLargeError  # noqa: E402
 from ..options import OptionProblem  # noqa: E402
-from .base import JsonStorage  # noqa: E402
+from .base import JsonStorage, to_json  # noqa: E402
 
 #: SQLAlchemy 2 no longer accepts the ``postgres://`` scheme that Selinon's docs write.
 _SCHEME_ALIASES = {"postgres": "postgresql"}
@@ -154,8 +154,9 @@ class _Statements:
     """SQL text of each operation, compiled once for one dialect, and how to order its parameters."""
 
     sql: dict[str, str]
-    #: per statement, the positions in its value tuple of the driver's parameters (positional styles)
-    order: dict[str, tuple[int, ...]]
+    #: per statement, the positions in its value tuple of the driver's parameters (positional styles),
+    #: or None where they are in value order already
+    order: dict[str, tuple[int, ...] | None]
     #: per statement, the parameter names in value-tuple order (named styles)
     names: dict[str, tuple[str, ...]]
     positional: bool
@@ -172,20 +173,24 @@ class _Statements:
             ),
             "delete": (table.delete().where(table.c.task_id == sa.bindparam("task_id")), ("task_id",)),
         }
-        sql, order, names = {}, {}, {}
+        sql: dict[str, str] = {}
+        order: dict[str, tuple[int, ...] | None] = {}
+        names: dict[str, tuple[str, ...]] = {}
         for name, (statement, value_names) in statements.items():
             compiled = statement.compile(dialect=dialect)
             sql[name] = compiled.string
             names[name] = value_names
             if compiled.positional:
-                order[name] = tuple(value_names.index(bind) for bind in compiled.positiontup or ())
+                positions = tuple(value_names.index(bind) for bind in compiled.positiontup or ())
+                order[name] = None if positions == tuple(range(len(value_names))) else positions
         return cls(sql=sql, order=order, names=names, positional=bool(dialect.positional))
 
     def bind(self, name: str, values: tuple[Any, ...]) -> tuple[str, Any]:
         """The SQL and the driver's parameters for ``values`` (in the statement's value order)."""
-        if self.positional:
-            return self.sql[name], tuple(values[i] for i in self.order[name])
-        return self.sql[name], dict(zip(self.names[name], values, strict=True))
+        if not self.positional:
+            return self.sql[name], dict(zip(self.names[name], values, strict=True))
+        order = self.order[name]
+        return self.sql[name], values if order is None else tuple(values[i] for i in order)
 
 
 def _upsert(table: sa.Table, dialect: str) -> Any:
@@ -270,10 +275,12 @@ def _create_table(connection: Any, table: sa.Table) -> None:
 
 def _node_args_json(node_args: Any) -> str:
     """Node arguments are informational: kept as JSON when they are JSON, else as their text."""
+    if node_args is None:
+        return "null"
     try:
-        return json.dumps(node_args, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return to_json(node_args)
     except (TypeError, ValueError):
-        return json.dumps(repr(node_args))
+        return to_json(repr(node_args))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
