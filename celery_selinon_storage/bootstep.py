@@ -15,6 +15,7 @@ from celery.utils.log import get_logger
 from .errors import ConfigurationError
 from .guards import GuardKind, guard_kind_for_pool, uses_child_processes
 from .lifecycle import start_process_storages, stop_process_storages
+from .selinon_bridge import bridge_selinon
 from .specs import StorageSpec, load_storages
 
 logger = get_logger("celery_selinon_storage")
@@ -47,11 +48,13 @@ def storages_option() -> click.Option:
 
 
 def install(app: Celery) -> None:
-    """Add ``StorageStep`` and the ``--storages`` option to ``app``'s worker."""
+    """Add ``StorageStep`` and the ``--storages`` option to ``app``'s worker; route Selinon's
+    ``StoragePool`` to the managed storages."""
     if StorageStep in app.steps["worker"]:
         raise ImproperlyConfigured(E_INSTALLED_TWICE.format(app=app.main))
     app.steps["worker"].add(StorageStep)
     app.user_options["worker"].add(storages_option())
+    bridge_selinon()
 
 
 def storages_path(app: Celery, option: str | None) -> str | None:
@@ -66,6 +69,7 @@ class StorageStep(bootsteps.StartStopStep):
     requires = ("celery.worker.components:Pool",)
 
     def __init__(self, w: Any, storages: str | None = None, **kwargs: Any) -> None:
+        bridge_selinon()  # for apps that add the step themselves
         #: The checked storages file; ``None`` when the worker has no storages file.
         self.specs: Sequence[StorageSpec] | None = None
         #: True under prefork: each child builds its own after the fork, the parent never connects.

@@ -132,6 +132,13 @@ def stop_process_storages(timeout: float | None = None) -> None:
         storages.close(timeout)
 
 
+def started_storages() -> ProcessStorages | None:
+    """This process's storages, or None when they are not started here."""
+    if _current is None or _current.pid != os.getpid():
+        return None
+    return _current
+
+
 def current_storages() -> ProcessStorages:
     """This process's storages, or ``StoragesNotStartedError``."""
     if _current is None or _current.pid != os.getpid():
@@ -153,7 +160,13 @@ def open_storages(
     guard_kind: GuardKind = GuardKind.THREAD,
     environ: Mapping[str, str] | None = None,
 ) -> Iterator[ProcessStorages]:
-    """Start storages outside a worker (scripts, tests, shells) and close them on exit."""
+    """Start storages outside a worker (scripts, tests, shells) and close them on exit.
+
+    Selinon's ``StoragePool`` in this process uses them too.
+    """
+    from .selinon_bridge import bridge_selinon  # the bridge reads this module's state
+
+    bridge_selinon()
     specs = load_storages(Path(source), environ) if isinstance(source, (str, os.PathLike)) else source
     storages = start_process_storages(specs, guard_kind)
     try:

@@ -10,6 +10,7 @@ import json
 import os
 import threading
 import time
+import traceback
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from selinon import DataStorage
 
 from celery_selinon_storage import MissingResultError
+from celery_selinon_storage.storages.redis import RedisStorage
 
 
 def _task_id_of_caller() -> str:
@@ -26,6 +28,34 @@ def _task_id_of_caller() -> str:
         return f"{threading.get_ident()}:{id(greenlet.getcurrent())}"
     except ImportError:
         return str(threading.get_ident())
+
+
+def record_event(
+    log_path: str, event: str, label: str, instance: str, task_id: str | None, **extra: Any
+) -> None:
+    """Append one event line to ``log_path``."""
+    line = json.dumps(
+        {
+            "event": event,
+            "label": label,
+            "instance": instance,
+            "pid": os.getpid(),
+            "caller": _task_id_of_caller(),
+            "task_id": task_id,
+            "t": time.monotonic(),
+            **extra,
+        }
+    )
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def made_by_this_package() -> bool:
+    """Whether the instance being built is one of the worker's managed storages (not Selinon's own)."""
+    return any("celery_selinon_storage/lifecycle.py" in frame.filename for frame in traceback.extract_stack())
 
 
 class RecordingStorage(DataStorage):  # type: ignore[misc]
@@ -49,22 +79,7 @@ class RecordingStorage(DataStorage):  # type: ignore[misc]
         """No cleanup here."""
 
     def _record(self, event: str, task_id: str | None = None) -> None:
-        line = json.dumps(
-            {
-                "event": event,
-                "label": self.label,
-                "instance": self.instance,
-                "pid": os.getpid(),
-                "caller": _task_id_of_caller(),
-                "task_id": task_id,
-                "t": time.monotonic(),
-            }
-        )
-        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, (line + "\n").encode())
-        finally:
-            os.close(fd)
+        record_event(self.log_path, event, self.label, self.instance, task_id)
 
     def connect(self) -> None:
         time.sleep(self.connect_seconds)  # a slow server
@@ -98,6 +113,34 @@ class SafeRecordingStorage(RecordingStorage):
     """Declares itself concurrency-safe: the guard must let its callers overlap."""
 
     concurrency_safe = True
+
+
+class RecordingRedisStorage(RedisStorage):
+    """A real RedisStorage that also logs who made it and every call, to tell Selinon's instances from ours."""
+
+    def __init__(self, log_path: str, label: str, **options: Any) -> None:
+        super().__init__(**options)
+        self.log_path, self.event_label, self.instance = log_path, label, uuid.uuid4().hex
+        self._record("create", managed=made_by_this_package())
+
+    def _record(self, event: str, task_id: str | None = None, **extra: Any) -> None:
+        record_event(self.log_path, event, self.event_label, self.instance, task_id, **extra)
+
+    def connect(self) -> None:
+        self._record("connect")
+        super().connect()
+
+    def disconnect(self) -> None:
+        self._record("disconnect")
+        super().disconnect()
+
+    def store(self, node_args: Any, flow_name: str, task_name: str, task_id: str, result: Any) -> str:
+        self._record("store", task_id, task_name=task_name)
+        return super().store(node_args, flow_name, task_name, task_id, result)
+
+    def retrieve(self, flow_name: str, task_name: str, task_id: str) -> Any:
+        self._record("retrieve", task_id, task_name=task_name)
+        return super().retrieve(flow_name, task_name, task_id)
 
 
 def read_events(log_path: Path) -> list[dict[str, Any]]:
