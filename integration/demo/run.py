@@ -1,6 +1,6 @@
-"""The main job, end to end with no server: start a real worker, send tasks, check every stored result.
+"""The main job, end to end with no server: start a real worker, run tasks and Selinon flows, check every result.
 
-python -m integration.demo.run [--pool prefork] [--tasks 40]
+python -m integration.demo.run [--pool prefork] [--tasks 40] [--flows 10]
 """
 
 from __future__ import annotations
@@ -29,16 +29,19 @@ def main() -> int:
     )
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--tasks", type=int, default=40)
+    parser.add_argument("--flows", type=int, default=10)
     args = parser.parse_args()
 
     demo_dir = Path(tempfile.mkdtemp(prefix="css-demo-"))
     os.environ["DEMO_DIR"] = str(demo_dir)
+    from selinon import run_flow
+
     from integration.demo.app import app, square  # reads DEMO_DIR
 
     log_path = demo_dir / "worker.log"
     command = [
         sys.executable, "-m", "celery", "-A", "integration.demo.app", "worker",
-        "--storages", str(HERE / "storages.yml"), "-P", args.pool, "-c", str(args.concurrency),
+        "--storages", str(HERE / "nodes.yml"), "-P", args.pool, "-c", str(args.concurrency),
         "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]  # fmt: skip
     print(f"$ {' '.join(command[1:])}")
@@ -47,8 +50,12 @@ def main() -> int:
     try:
         _wait_for(lambda: READY.search(log_path.read_text()) is not None, 60, "the worker to start", log_path)
         ids = [square.delay(n).id for n in range(args.tasks)]
-        print(f"sent {len(ids)} tasks to a real {args.pool} worker (pid {worker.pid})")
+        dispatchers = [run_flow("squares", {"n": n}) for n in range(args.flows)]
+        print(
+            f"sent {len(ids)} tasks and {len(dispatchers)} Selinon flows to a real {args.pool} worker (pid {worker.pid})"
+        )
         stored = _wait_for_results(ids, log_path)
+        reports = _wait_for_flows(dispatchers)
     finally:
         worker.send_signal(signal.SIGTERM)
         status = worker.wait(60)
@@ -60,9 +67,18 @@ def main() -> int:
     for pid, count in sorted(by_pid.items()):
         print(f"process {pid}: stored and read back {count} results")
     wrong = [i for i, r in stored.items() if r["square"] != r["n"] ** 2]
-    print(f"{len(stored)}/{len(ids)} results stored, {len(wrong)} wrong; worker exit status {status}")
+    print(f"{len(stored)}/{len(ids)} results stored, {len(wrong)} wrong")
+    flows_wrong = [r for r in reports if r["value"] != r["n"] ** 2 + 1]
+    for report in reports[:3]:
+        print(
+            f"flow squares(n={report['n']}): Square -> Increment -> Report = {report['value']}, in processes {report['pids']}"
+        )
+    print(
+        f"{len(reports)}/{len(dispatchers)} flows finished, {len(flows_wrong)} wrong; worker exit status {status}"
+    )
     app.close()
-    ok = len(stored) == len(ids) and not wrong and status == 0 and "Traceback" not in log_text
+    ok = len(stored) == len(ids) and not wrong and len(reports) == len(dispatchers) and not flows_wrong
+    ok = ok and status == 0 and "Traceback" not in log_text
     if ok:
         shutil.rmtree(demo_dir)
     else:
@@ -70,19 +86,28 @@ def main() -> int:
     return 0 if ok else 1
 
 
+def _wait_for_flows(dispatchers: list[object]) -> list[dict[str, object]]:
+    """Wait for every flow, then read each flow's final result (Report's) through the storages file."""
+    from celery_selinon_storage import open_storages
+
+    finished = [dispatcher.get(timeout=120)["finished_nodes"]["Report"][0] for dispatcher in dispatchers]  # type: ignore[attr-defined]
+    with open_storages(HERE / "nodes.yml") as storages:
+        return [storages.get("Results").retrieve("squares", "Report", task_id) for task_id in finished]
+
+
 def _wait_for_results(ids: list[str], log_path: Path) -> dict[str, dict[str, int]]:
     """Read every result back through the same storages file, outside the worker."""
     from celery_selinon_storage import MissingResultError, open_storages
 
     stored: dict[str, dict[str, int]] = {}
-    with open_storages(HERE / "storages.yml") as storages:
+    with open_storages(HERE / "nodes.yml") as storages:
         results = storages.get("Results")
 
         def all_stored() -> bool:
             for task_id in ids:
                 if task_id not in stored:
                     try:
-                        stored[task_id] = results.retrieve("demo_flow", "square", task_id)
+                        stored[task_id] = results.retrieve("demo", "square", task_id)
                     except MissingResultError:
                         return False
             return True
