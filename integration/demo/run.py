@@ -1,4 +1,4 @@
-"""The main job, end to end with no server: start a real worker, run tasks and Selinon flows, check every result.
+"""The main job with no server: a real worker runs tasks and Selinon flows; every result is checked.
 
 python -m integration.demo.run [--pool prefork] [--tasks 40] [--flows 10]
 """
@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 READY = re.compile(r"\bready\.")
@@ -51,9 +52,8 @@ def main() -> int:
         _wait_for(lambda: READY.search(log_path.read_text()) is not None, 60, "the worker to start", log_path)
         ids = [square.delay(n).id for n in range(args.tasks)]
         dispatchers = [run_flow("squares", {"n": n}) for n in range(args.flows)]
-        print(
-            f"sent {len(ids)} tasks and {len(dispatchers)} Selinon flows to a real {args.pool} worker (pid {worker.pid})"
-        )
+        sent = f"sent {len(ids)} tasks and {len(dispatchers)} Selinon flows"
+        print(f"{sent} to a real {args.pool} worker (pid {worker.pid})")
         stored = _wait_for_results(ids, log_path)
         reports = _wait_for_flows(dispatchers)
     finally:
@@ -70,12 +70,10 @@ def main() -> int:
     print(f"{len(stored)}/{len(ids)} results stored, {len(wrong)} wrong")
     flows_wrong = [r for r in reports if r["value"] != r["n"] ** 2 + 1]
     for report in reports[:3]:
-        print(
-            f"flow squares(n={report['n']}): Square -> Increment -> Report = {report['value']}, in processes {report['pids']}"
-        )
-    print(
-        f"{len(reports)}/{len(dispatchers)} flows finished, {len(flows_wrong)} wrong; worker exit status {status}"
-    )
+        chain = f"Square -> Increment -> Report = {report['value']}"
+        print(f"flow squares(n={report['n']}): {chain}, in processes {report['pids']}")
+    finished = f"{len(reports)}/{len(dispatchers)} flows finished, {len(flows_wrong)} wrong"
+    print(f"{finished}; worker exit status {status}")
     app.close()
     ok = len(stored) == len(ids) and not wrong and len(reports) == len(dispatchers) and not flows_wrong
     ok = ok and status == 0 and "Traceback" not in log_text
@@ -86,11 +84,11 @@ def main() -> int:
     return 0 if ok else 1
 
 
-def _wait_for_flows(dispatchers: list[object]) -> list[dict[str, object]]:
+def _wait_for_flows(dispatchers: list[Any]) -> list[dict[str, Any]]:
     """Wait for every flow, then read each flow's final result (Report's) through the storages file."""
     from celery_selinon_storage import open_storages
 
-    finished = [dispatcher.get(timeout=120)["finished_nodes"]["Report"][0] for dispatcher in dispatchers]  # type: ignore[attr-defined]
+    finished = [dispatcher.get(timeout=120)["finished_nodes"]["Report"][0] for dispatcher in dispatchers]
     with open_storages(HERE / "nodes.yml") as storages:
         return [storages.get("Results").retrieve("squares", "Report", task_id) for task_id in finished]
 
