@@ -1,11 +1,15 @@
 """Selinon's ``StoragePool`` served by the worker's managed storages.
 
-Selinon looks a storage up by name on every call (``StoragePool.get_connected_storage``), builds
-its own instances when its config is set (usually at import, in the prefork parent), and guards
-``retrieve``/``delete`` with a ``multiprocessing.Lock`` made at import: it blocks an eventlet hub,
-serialises threads and is shared by forked children. ``bridge_selinon`` routes the look-up to this
-process's managed storages (whenever Selinon's config was set) and drops that lock for them, since
-each managed storage carries the guard its pool needs.
+Selinon looks a storage up by name on every call (``StoragePool.get_connected_storage``) and builds
+its own instances when its config is set (usually at import, in the prefork parent). Its lock pools
+(``StoragePool`` around ``retrieve``/``delete``, ``SystemState`` around its node-state cache and
+throttling) hold ``multiprocessing.Lock`` objects made at import, held across network calls: under
+eventlet or gevent a greenlet that waits for one blocks the whole hub, so the worker deadlocks as
+soon as two greenlets meet there; the locks also serialise threads and are shared by forked children.
+``bridge_selinon`` routes the look-up to this process's managed storages (whenever Selinon's config
+was set) and gives Selinon lock pools of this process's own: thread locks, which eventlet's and
+gevent's monkey-patching make green, and no lock at all around a managed storage, which carries the
+guard its pool needs.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import os
 import threading
 from typing import Any
 
-from selinon import StoragePool
+from selinon import StoragePool, SystemState
 
 from . import lifecycle
 from .managed import ManagedStorage
@@ -30,22 +34,26 @@ def _get_connected_storage(cls: type, storage_name: str) -> Any:
     return storages.get(storage_name)
 
 
-class _PerProcessLocks:
-    """Selinon's lock pool, minus the cross-process lock: none for managed storages (they guard
-    themselves), a thread lock per storage and per process for Selinon's own instances."""
+class ProcessLockPool:
+    """Stands in for Selinon's ``LockPool``: one lock per id, made in and for the calling process."""
 
     def __init__(self) -> None:
         self._pid = os.getpid()
-        self._locks: dict[int, threading.Lock] = {}
+        self._locks: dict[Any, Any] = {}
         self._lock = threading.Lock()
 
-    def get_lock(self, storage: Any) -> Any:
-        if isinstance(storage, ManagedStorage):
+    def get_lock(self, lock_id: Any) -> Any:
+        """The lock for ``lock_id`` (a flow or node name, or a storage); none for a managed storage."""
+        if isinstance(lock_id, ManagedStorage):
             return contextlib.nullcontext()
+        if self._pid != os.getpid():  # forked: the parent's locks are not this process's
+            self._pid, self._locks, self._lock = os.getpid(), {}, threading.Lock()
         with self._lock:
-            if self._pid != os.getpid():  # forked: the parent's locks are not ours
-                self._pid, self._locks = os.getpid(), {}
-            return self._locks.setdefault(id(storage), threading.Lock())
+            lock = self._locks.get(lock_id)
+            if lock is None:
+                # made at call time, so under eventlet and gevent it is their green lock
+                lock = self._locks[lock_id] = threading.Lock()
+            return lock
 
 
 def bridge_selinon() -> None:
@@ -53,5 +61,7 @@ def bridge_selinon() -> None:
     if getattr(StoragePool, "_celery_selinon_storage_bridged", False):
         return
     StoragePool.get_connected_storage = classmethod(_get_connected_storage)
-    StoragePool._storage_pool_locks = _PerProcessLocks()
+    StoragePool._storage_pool_locks = ProcessLockPool()
+    SystemState._node_state_cache_lock = ProcessLockPool()
+    SystemState._throttle_lock_pool = ProcessLockPool()
     StoragePool._celery_selinon_storage_bridged = True

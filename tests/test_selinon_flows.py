@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from celery.result import AsyncResult
 from selinon import Config, run_flow
 
 from celery_selinon_storage import open_storages
@@ -51,8 +51,16 @@ def test_flows_complete_on_managed_storages_and_never_touch_selinons_own(
         Config.set_celery_app(app)
     Config.set_config_yaml(str(nodes), [str(HERE / "flows.yml")])
     dispatchers = [run_flow("chain", {"n": n}) for n in range(6)]
-    for dispatcher in dispatchers:
-        AsyncResult(dispatcher.id, app=app).get(timeout=120)
+
+    # Poll the stored states: a long-lived result subscription of this test process is not under test.
+    def states() -> list[str]:
+        return [str(app.backend.get_task_meta(d.id)["status"]) for d in dispatchers]
+
+    deadline = time.monotonic() + 120
+    while any(state not in ("SUCCESS", "FAILURE") for state in states()):
+        assert time.monotonic() < deadline, f"flows unfinished after 120 s: {states()}\n{worker.output}"
+        time.sleep(0.5)
+    assert states() == ["SUCCESS"] * len(dispatchers), worker.output
     assert worker.stop(signal.SIGTERM) == 0, worker.output
     assert "Traceback" not in worker.output, worker.output
 
