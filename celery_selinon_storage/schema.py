@@ -1,0 +1,109 @@
+"""A JSON Schema of the storages file, made from the built-in adapters' signatures.
+
+``storages.schema.json`` beside this module is this schema, written out for editors
+(``# yaml-language-server: $schema=…``); a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from .specs import BUILTIN_MODULE_ALIASES
+from .storages import BUILTIN_STORAGES, builtin_storage_class
+
+SCHEMA_PATH = Path(__file__).with_name("storages.schema.json")
+
+#: An option that is one whole ``${VAR}`` reference is converted after expansion (see the README).
+_WHOLE_REFERENCE = {"type": "string", "pattern": "^\\$\\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\\}$"}
+
+_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "object", list: "array"}
+
+
+def storages_schema() -> dict[str, Any]:
+    """The schema: a ``storages:`` list; built-in classes get their options checked, others any mapping."""
+    builtin_entries = [_builtin_entry(name) for name in BUILTIN_STORAGES]
+    custom_entry = {
+        "required": ["name", "import"],
+        "properties": {"import": {"type": "string", "not": {"enum": sorted(BUILTIN_MODULE_ALIASES)}}},
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "celery-selinon-storage storages file (or Selinon nodes.yml)",
+        "type": "object",
+        "required": ["storages"],
+        "properties": {
+            "storages": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1},
+                        "classname": {"type": "string", "minLength": 1},
+                        "import": {"type": "string"},
+                        "configuration": {"type": "object"},
+                        "cache": {"type": "object"},
+                    },
+                    "anyOf": [*builtin_entries, custom_entry],
+                },
+            }
+        },
+    }
+
+
+def _builtin_entry(class_name: str) -> dict[str, Any]:
+    cls = builtin_storage_class(class_name)
+    hints = typing.get_type_hints(cls.__init__)
+    options: dict[str, Any] = {}
+    required: list[str] = []
+    for name, parameter in inspect.signature(cls).parameters.items():
+        if parameter.kind not in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+            continue
+        option = _type_schema(hints.get(name, Any))
+        if parameter.default is not inspect.Parameter.empty and parameter.default is not None:
+            option["default"] = parameter.default
+        if "string" not in option.get("type", ["string"]):
+            option = {"anyOf": [option, _WHOLE_REFERENCE]}  # port: ${REDIS_PORT:-6379}
+        options[name] = option
+        if parameter.default is inspect.Parameter.empty:
+            required.append(name)
+    configuration: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": options}
+    if required:
+        configuration["required"] = required
+    class_is_this = {"properties": {"classname": {"const": class_name}}, "required": ["classname"]}
+    named_as_class = {"properties": {"name": {"const": class_name}}, "not": {"required": ["classname"]}}
+    return {
+        "anyOf": [class_is_this, named_as_class],
+        "properties": {
+            "import": {"enum": sorted(BUILTIN_MODULE_ALIASES)},
+            "configuration": configuration,
+        },
+        **({"required": ["configuration"]} if required else {}),
+    }
+
+
+def _type_schema(annotation: Any) -> dict[str, Any]:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        kinds = [_type_schema(arg) for arg in typing.get_args(annotation)]
+        return {"type": [name for kind in kinds for name in kind.get("type", [])]}
+    if annotation is str:
+        return {"type": ["string"]}
+    if annotation is type(None):
+        return {"type": ["null"]}
+    base = origin or annotation
+    if base in _JSON_TYPES:
+        return {"type": [_JSON_TYPES[base]]}
+    return {}
+
+
+def write_schema(path: Path = SCHEMA_PATH) -> None:
+    """Write the schema file shipped with the package."""
+    path.write_text(json.dumps(storages_schema(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
