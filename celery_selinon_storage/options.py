@@ -32,7 +32,7 @@ def check_options(cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
     signature = inspect.signature(cls)
     named = {n: p for n, p in signature.parameters.items() if p.kind in _NAMED}
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
-    hints = _type_hints(cls)
+    hints = init_type_hints(cls)
     accepted = ", ".join(named) or "no options"
 
     checked: dict[str, Any] = {}
@@ -56,9 +56,9 @@ def check_options(cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
     return checked
 
 
-def _type_hints(cls: type) -> dict[str, Any]:
+def init_type_hints(cls: type) -> dict[str, Any]:
     try:
-        return typing.get_type_hints(cls.__init__)  # type: ignore[misc]
+        return typing.getinit_type_hints(cls.__init__)  # type: ignore[misc]
     except Exception:  # noqa: BLE001 - unresolvable annotations only disable type checks
         return {}
 

@@ -13,6 +13,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from .options import init_type_hints
 from .specs import BUILTIN_MODULE_ALIASES
 from .storages import BUILTIN_STORAGES, builtin_storage_class
 
@@ -60,7 +61,7 @@ def storages_schema() -> dict[str, Any]:
 
 def _builtin_entry(class_name: str) -> dict[str, Any]:
     cls = builtin_storage_class(class_name)
-    hints = typing.get_type_hints(cls.__init__)
+    hints = init_type_hints(cls)
     options: dict[str, Any] = {}
     required: list[str] = []
     for name, parameter in inspect.signature(cls).parameters.items():
