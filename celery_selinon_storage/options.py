@@ -57,8 +57,10 @@ def check_options(cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def init_type_hints(cls: type) -> dict[str, Any]:
+    """The annotations of ``cls.__init__``, resolved; empty when they cannot be."""
     try:
-        return typing.getinit_type_hints(cls.__init__)  # type: ignore[misc]
+        hints: dict[str, Any] = typing.get_type_hints(cls.__init__)  # type: ignore[misc]
+        return hints
     except Exception:  # noqa: BLE001 - unresolvable annotations only disable type checks
         return {}
 
