@@ -1,0 +1,80 @@
+"""Connect to each storage of a file and say whether it answers: the ``check`` command's work."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .secrets import scrub, secret_values
+from .specs import StorageSpec
+from .storages.base import JsonStorage
+
+#: Say that a storage is slow to answer every this many seconds.
+PROGRESS_EVERY = 1.0
+
+
+@dataclass(frozen=True)
+class StorageHealth:
+    """The outcome of connecting to one storage."""
+
+    name: str
+    classname: str
+    target: str
+    ok: bool
+    error: str | None
+    latency_ms: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """For ``--json``."""
+        return asdict(self)
+
+
+def check_storage(spec: StorageSpec, timeout: float, on_slow: Callable[[str, float], None]) -> StorageHealth:
+    """Build the storage, connect it (at most ``timeout`` seconds), disconnect it."""
+    secrets = secret_values(spec.options)
+    adapter = spec.create()
+    # built-in adapters mask their secrets in repr; another class's repr is not trusted
+    target = (
+        scrub(repr(adapter), secrets)
+        if isinstance(adapter, JsonStorage)
+        else f"{spec.cls.__module__} adapter"
+    )
+    outcome: list[BaseException | None] = []
+
+    def connect() -> None:
+        try:
+            adapter.connect()
+            outcome.append(None)
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            outcome.append(exc)
+
+    started = time.perf_counter()
+    helper = threading.Thread(target=connect, name=f"check-{spec.name}", daemon=True)
+    helper.start()
+    while helper.is_alive() and time.perf_counter() - started < timeout:
+        helper.join(min(PROGRESS_EVERY, timeout - (time.perf_counter() - started)))
+        if helper.is_alive():
+            on_slow(spec.name, time.perf_counter() - started)
+    latency_ms = 1000 * (time.perf_counter() - started)
+    if not outcome:
+        error: str | None = f"no answer within {timeout:g} s"
+    elif outcome[0] is not None:
+        exc = outcome[0]
+        error = scrub(f"{type(exc).__name__}: {' '.join(str(exc).split())}", secrets)
+    else:
+        error = None
+        try:
+            adapter.disconnect()
+        except Exception as exc:  # noqa: BLE001
+            error = scrub(f"disconnect failed: {type(exc).__name__}: {exc}", secrets)
+    return StorageHealth(spec.name, spec.cls.__name__, target, error is None, error, round(latency_ms, 1))
+
+
+def check_storages(
+    specs: Sequence[StorageSpec], timeout: float, on_slow: Callable[[str, float], None]
+) -> list[StorageHealth]:
+    """``check_storage`` for each, in file order."""
+    return [check_storage(spec, timeout, on_slow) for spec in specs]
