@@ -12,6 +12,7 @@ from celery import Celery, bootsteps, signals
 from celery.exceptions import ImproperlyConfigured
 from celery.utils.log import get_logger
 
+from . import inspection
 from .errors import ConfigurationError
 from .guards import GuardKind, guard_kind_for_pool, uses_child_processes
 from .lifecycle import start_process_storages, stop_process_storages
@@ -86,6 +87,8 @@ class StorageStep(bootsteps.StartStopStep):
         self.guard_kind = GuardKind.NONE if self.in_children else guard_kind_for_pool(w.pool_cls)
         if self.in_children:
             _ChildStorages.plan(self.specs)
+            inspection.child_reports = inspection.ChildReports()
+            signals.worker_shutdown.connect(self._on_worker_shutdown, sender=w, weak=False)
         else:
             signals.worker_shutdown.connect(self._on_worker_shutdown, sender=w, weak=False)
 
@@ -106,6 +109,8 @@ class StorageStep(bootsteps.StartStopStep):
 
     def _on_worker_shutdown(self, sender: Any = None, **kwargs: Any) -> None:
         stop_process_storages()
+        if inspection.child_reports is not None:
+            inspection.child_reports.close()
 
 
 class _ChildStorages:
@@ -122,10 +127,14 @@ class _ChildStorages:
 
 def _on_child_start(**kwargs: Any) -> None:
     start_process_storages(_ChildStorages.specs, GuardKind.NONE)
+    if inspection.child_reports is not None:
+        inspection.child_reports.start_writer()
 
 
 def _on_child_exit(**kwargs: Any) -> None:
     stop_process_storages(timeout=COLD_SHUTDOWN_WAIT)
+    if inspection.child_reports is not None:
+        inspection.child_reports.remove()
 
 
 def _load_or_exit(path: str) -> Sequence[StorageSpec]:

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from celery.utils.log import get_logger
 
@@ -86,6 +87,21 @@ class ProcessStorages:
             except Exception as exc:  # noqa: BLE001 - keep closing the others
                 logger.warning("storage %s failed to disconnect: %s", name, type(exc).__name__)
         logger.info("storages closed in process %d: %s", self.pid, self.summary())
+
+    def report(self) -> dict[str, Any]:
+        """This process's storages as ``celery inspect storages`` shows them."""
+        return {
+            "pid": self.pid,
+            "storages": {
+                name: {
+                    "class": type(storage.adapter).__name__,
+                    "guard": storage.guard_kind.value,
+                    "connected": not storage.closed and storage.is_connected(),
+                    "operations": {operation: stats.as_dict() for operation, stats in storage.stats.items()},
+                }
+                for name, storage in self.storages.items()
+            },
+        }
 
     def summary(self) -> str:
         """One line: per storage, the count of each operation called."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,9 +32,10 @@ class WorkerProcess:
         env: dict[str, str] | None = None,
     ) -> None:
         self.output_path = log_dir / f"worker-{pool}-{uuid.uuid4().hex[:6]}.log"
+        self.name = f"{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
         self.command = [
             sys.executable, "-m", "celery", "-A", app, "worker",
-            "-P", pool, "-c", str(concurrency), "-Q", queue, "-n", f"{uuid.uuid4().hex[:8]}@%h",
+            "-P", pool, "-c", str(concurrency), "-Q", queue, "-n", self.name,
             "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
             *(["--storages", str(storages)] if storages else []), *extra,
         ]  # fmt: skip

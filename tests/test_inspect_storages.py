@@ -1,0 +1,71 @@
+"""``celery -A app inspect storages`` reports every worker process's storages, prefork children included."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_worker_lifecycle import write_storages
+from tests.worker_app import store_in
+from tests.workers import ROOT, WorkerProcess
+
+pytestmark = [pytest.mark.worker, pytest.mark.service]
+
+
+def inspect_storages(worker: WorkerProcess) -> dict[str, Any]:
+    run = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tests.worker_app", "inspect", "storages", "--json", "-t", "5", "-d", worker.name],
+        cwd=ROOT, env=worker.env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    replies: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
+    reply: dict[str, Any] = replies[worker.name]
+    return reply
+
+
+@pytest.mark.parametrize(("pool", "concurrency"), [("prefork", 2), ("threads", 4)])
+def test_inspect_reports_each_process_with_its_counts(
+    pool: str,
+    concurrency: int,
+    tmp_path: Path,
+    redis_url: str,
+    queue: str,
+    workers: Callable[..., WorkerProcess],
+) -> None:
+    storages = write_storages(tmp_path, tmp_path / "events.jsonl")
+    worker = workers(storages=storages, pool=pool, concurrency=concurrency, queue=queue).start().wait_ready()
+    results = [store_in.apply_async(([name],), queue=queue) for _ in range(10) for name in ("Unsafe", "Safe")]
+    task_pids = {int(result.get(timeout=60)) for result in results}
+    time.sleep(1.2)  # children refresh their reports every 0.5 s
+
+    processes = inspect_storages(worker)["processes"]
+    assert worker.stop(signal.SIGTERM) == 0
+
+    pids = {process["pid"] for process in processes}
+    if pool == "prefork":
+        assert len(processes) == concurrency and worker.pid not in pids and task_pids <= pids
+    else:
+        assert pids == {worker.pid}
+    totals = {
+        name: sum(p["storages"][name]["operations"]["store"]["calls"] for p in processes)
+        for name in ("Unsafe", "Safe")
+    }
+    assert totals == {"Unsafe": 10, "Safe": 10}
+    for process in processes:
+        unsafe = process["storages"]["Unsafe"]
+        assert unsafe["class"] == "RecordingStorage" and unsafe["connected"] is True
+        assert unsafe["guard"] == ("none" if pool == "prefork" else "thread")
+        assert process["storages"]["Safe"]["guard"] == "none"
+        store = unsafe["operations"]["store"]
+        if store["calls"]:
+            assert (
+                store["errors"] == 0 and store["mean_ms"] >= 50
+            )  # the recording adapter holds each call 50 ms
