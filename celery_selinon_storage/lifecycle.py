@@ -35,7 +35,7 @@ class ProcessStorages:
         self.pid = os.getpid()
         self.guard_kind = guard_kind
         self.storages: dict[str, ManagedStorage] = {
-            spec.name: ManagedStorage(spec.name, spec.create(), guard_kind) for spec in specs
+            spec.name: ManagedStorage(spec.name, spec.create(), guard_kind, spec.retry) for spec in specs
         }
 
     def connect_all(self, budget: float = DEFAULT_CONNECT_BUDGET) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -9,10 +10,15 @@ from typing import Any, TypeVar
 
 from selinon import DataStorage
 
-from .errors import StorageClosedError, WrongProcessError
+from .errors import StorageClosedError, StorageUnavailableError, WrongProcessError
 from .guards import Guard, GuardKind, make_guard
+from .retry import DEFAULT_RETRY, RetriesExhausted, RetryPolicy
 
 T = TypeVar("T")
+
+#: Errors that mean "the server is unreachable, try again" for an adapter that names none of its own
+#: (``transient_errors``, a class attribute or property).
+DEFAULT_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
 
 #: Operations that are counted (``inspect storages`` and the shutdown summary report them).
 OPERATIONS = ("store", "retrieve", "delete", "store_error")
@@ -46,9 +52,12 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
     ``close`` or from another process are refused. Hashable by identity, as Selinon needs.
     """
 
-    def __init__(self, name: str, adapter: DataStorage, guard_kind: GuardKind) -> None:
+    def __init__(
+        self, name: str, adapter: DataStorage, guard_kind: GuardKind, retry: RetryPolicy = DEFAULT_RETRY
+    ) -> None:
         self.name = name
         self.adapter = adapter
+        self.retry = retry
         self.concurrency_safe = is_concurrency_safe(adapter)
         self.guard_kind = GuardKind.NONE if self.concurrency_safe else guard_kind
         # Connections must not cross a fork: remember the creating process and refuse others.
@@ -153,19 +162,46 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
 
     def _call(self, operation: str, method: Callable[..., T], *args: Any) -> T:
         self._check_usable()
-        if not self.adapter.is_connected():
-            self.connect()  # the server was down at start, or dropped us: connect on use
         stats = self.stats[operation]
         started = time.perf_counter()
         try:
-            with self._call_guard:
-                return method(*args)
+            return self.retry.call(
+                lambda: self._attempt(method, args), self._is_transient, self._drop_connection
+            )
+        except RetriesExhausted as exhausted:
+            stats.errors += 1
+            cause = exhausted.__cause__
+            raise StorageUnavailableError(
+                f"storage {self.name!r} is unavailable ({type(cause).__name__} on {operation}, "
+                f"{exhausted.attempts} attempts); the call is safe to retry"
+            ) from cause
         except BaseException:
             stats.errors += 1
             raise
         finally:
             stats.calls += 1
             stats.seconds += time.perf_counter() - started
+
+    def _attempt(self, method: Callable[..., T], args: tuple[Any, ...]) -> T:
+        if not self.adapter.is_connected():
+            self.connect()  # the server was down at start, or dropped us: connect on use
+        with self._call_guard:
+            return method(*args)
+
+    def _is_transient(self, error: BaseException) -> bool:
+        # read at each failure: an adapter may learn its driver's errors only when it connects
+        return isinstance(error, tuple(getattr(self.adapter, "transient_errors", DEFAULT_TRANSIENT_ERRORS)))
+
+    def _drop_connection(self, error: BaseException) -> None:
+        """After a transient failure: forget the connection, so that the next try makes a new one.
+
+        Only for an adapter with one connection: a concurrency-safe one pools its connections, replaces
+        a broken one by itself, and may be in use by other threads right now.
+        """
+        if self.concurrency_safe:
+            return
+        with self._lifecycle_guard, contextlib.suppress(Exception):
+            self.adapter.disconnect()
 
 
 def _acquire(guard: Guard, timeout: float | None) -> bool:

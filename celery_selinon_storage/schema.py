@@ -51,6 +51,15 @@ def storages_schema() -> dict[str, Any]:
                         "import": {"type": "string"},
                         "configuration": {"type": "object"},
                         "cache": {"type": "object"},
+                        "retry": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "attempts": {"type": "integer", "minimum": 1},
+                                "backoff": {"type": "number", "minimum": 0},
+                                "max_backoff": {"type": "number", "minimum": 0},
+                            },
+                        },
                     },
                     "anyOf": [*builtin_entries, custom_entry],
                 },

@@ -51,7 +51,7 @@ EXPECTED: dict[str, tuple[int | None, str | None, str | None, str]] = {
         3,
         "Results",
         None,
-        "storage 'Results': unknown key 'clasname'; a storage takes: name, classname, import, configuration, cache",
+        "storage 'Results': unknown key 'clasname'; a storage takes: name, classname, import, configuration, cache, retry",
     ),
     "unknown_class.yml": (
         3,

@@ -9,7 +9,7 @@ import os
 
 from celery import Celery
 
-from celery_selinon_storage import get_storage, install
+from celery_selinon_storage import StorageUnavailableError, get_storage, install
 
 REDIS_URL = os.environ.get("CSS_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 
@@ -41,3 +41,18 @@ def store_and_read_back(self, storage_names: list[str], payload: dict[str, objec
         if storage.retrieve("test_flow", "store_and_read_back", self.request.id) != payload:
             return False
     return True
+
+
+@app.task(
+    bind=True,
+    name="tests.store_with_retry",
+    autoretry_for=(StorageUnavailableError,),
+    retry_backoff=0.2,
+    retry_backoff_max=2,
+    retry_jitter=False,
+    max_retries=100,
+)
+def store_with_retry(self, storage_name: str, payload: dict[str, object]) -> str:  # type: ignore[no-untyped-def]
+    """Store ``payload``; while the storage is unavailable, Celery retries the task."""
+    get_storage(storage_name).store(None, "faults", "store_with_retry", self.request.id, payload)
+    return str(self.request.id)

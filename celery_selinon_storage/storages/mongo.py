@@ -29,6 +29,7 @@ class MongoStorage(JsonStorage):
     """
 
     concurrency_safe = True
+    transient_errors = (pymongo.errors.ConnectionFailure, ConnectionError)
 
     def __init__(
         self,

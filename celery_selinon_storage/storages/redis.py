@@ -24,6 +24,7 @@ class RedisStorage(JsonStorage):
     """
 
     concurrency_safe = True
+    transient_errors = (redis.ConnectionError, redis.TimeoutError, ConnectionError)
 
     def __init__(
         self,

@@ -30,6 +30,11 @@ class S3Storage(JsonStorage):
     """
 
     concurrency_safe = True
+    transient_errors = (
+        botocore.exceptions.ConnectionError,
+        botocore.exceptions.HTTPClientError,
+        ConnectionError,
+    )
 
     def __init__(
         self,

@@ -66,6 +66,16 @@ class SqlStorage(JsonStorage):
         self._lost_connection_errors: tuple[type[BaseException], ...] = ()
         self._max_statement_bytes: int | None = None  # MariaDB/MySQL: max_allowed_packet
 
+    @property
+    def transient_errors(self) -> tuple[type[BaseException], ...]:
+        """A lost or refused connection, from SQLAlchemy (connecting) or the driver (calls)."""
+        return (
+            sa.exc.OperationalError,
+            sa.exc.InterfaceError,
+            ConnectionError,
+            *self._lost_connection_errors,
+        )
+
     def __repr__(self) -> str:
         # render_as_string masks the password by default
         return f"SqlStorage({self.url.render_as_string()!r}, table_name={self.table_name!r})"

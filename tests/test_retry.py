@@ -1,0 +1,124 @@
+"""Bounded retries with backoff around storage calls, configured per storage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celery_selinon_storage import ConfigurationError, StorageUnavailableError, load_storages
+from celery_selinon_storage.guards import GuardKind
+from celery_selinon_storage.managed import ManagedStorage
+from celery_selinon_storage.retry import ExponentialBackoff, RetriesExhausted, RetryPolicy
+from celery_selinon_storage.storages.memory import InMemoryStorage
+
+
+class FlakyStorage(InMemoryStorage):
+    """Fails its first ``failures`` stores with ConnectionError; one connection, not concurrency-safe."""
+
+    concurrency_safe = False
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.connects = 0
+
+    def connect(self) -> None:
+        self.connects += 1
+        super().connect()
+
+    def store(self, *args: Any) -> str:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("server went away")
+        return super().store(*args)
+
+
+FAST = RetryPolicy(attempts=3, backoff=ExponentialBackoff(base=0.001, cap=0.002))
+
+
+def managed(failures: int) -> ManagedStorage:
+    storage = ManagedStorage("Flaky", FlakyStorage(failures), GuardKind.THREAD, FAST)
+    storage.connect()
+    return storage
+
+
+def test_a_transient_failure_is_retried_on_a_new_connection() -> None:
+    storage = managed(failures=2)
+    assert storage.store(None, "f", "t", "id", [1]) == "id"
+    adapter = storage.adapter
+    assert isinstance(adapter, FlakyStorage) and adapter.connects == 3  # the first, then one per failure
+    assert storage.stats["store"].calls == 1 and storage.stats["store"].errors == 0
+
+
+def test_exhausted_retries_raise_storage_unavailable_naming_the_storage() -> None:
+    storage = managed(failures=5)
+    with pytest.raises(StorageUnavailableError) as caught:
+        storage.store(None, "f", "t", "id", [1])
+    assert str(caught.value) == (
+        "storage 'Flaky' is unavailable (ConnectionError on store, 3 attempts); the call is safe to retry"
+    )
+    assert isinstance(caught.value.__cause__, ConnectionError)
+    assert storage.stats["store"].errors == 1
+
+
+def test_other_errors_are_not_retried() -> None:
+    storage = managed(failures=0)
+    with pytest.raises(Exception, match="has no record"):
+        storage.retrieve("f", "t", "missing")
+    assert storage.adapter.connects == 1  # type: ignore[attr-defined]
+
+
+def test_the_policy_stops_after_its_attempts_and_backs_off_within_its_cap() -> None:
+    calls: list[int] = []
+
+    def failing() -> None:
+        calls.append(1)
+        raise TimeoutError
+
+    with pytest.raises(RetriesExhausted) as caught:
+        RetryPolicy(attempts=4, backoff=ExponentialBackoff(0.001, 0.001)).call(
+            failing, lambda e: True, lambda e: None
+        )
+    assert len(calls) == 4 and caught.value.attempts == 4
+    backoff = ExponentialBackoff(base=0.1, cap=0.3)
+    assert all(
+        0 <= backoff.compute(n) <= min(0.3, 0.1 * 2 ** (n - 1)) for n in range(1, 8) for _ in range(50)
+    )
+
+
+def write(tmp_path: Path, retry: str) -> Path:
+    path = tmp_path / "storages.yml"
+    path.write_text(f"storages:\n  - name: M\n    classname: InMemoryStorage\n    retry: {retry}\n")
+    return path
+
+
+def test_retry_is_configured_per_storage(tmp_path: Path) -> None:
+    [spec] = load_storages(write(tmp_path, "{attempts: 5, backoff: 0.2, max_backoff: 3}"))
+    assert spec.retry == RetryPolicy(attempts=5, backoff=ExponentialBackoff(base=0.2, cap=3.0))
+
+
+@pytest.mark.parametrize(
+    ("retry", "message"),
+    [
+        (
+            "{attempts: 0}",
+            "storage 'M', option 'retry.attempts': must be a whole number of at least 1; fix its value",
+        ),
+        (
+            "{attempts: 2.5}",
+            "storage 'M', option 'retry.attempts': must be a whole number of at least 1; fix its value",
+        ),
+        ("{backoff: -1}", "storage 'M', option 'retry.backoff': must be seconds, 0 or more; fix its value"),
+        (
+            "{tries: 3}",
+            "storage 'M', option 'retry.tries': unknown retry option; 'retry:' takes: attempts, backoff, max_backoff",
+        ),
+        ("3", "storage 'M': 'retry:' must be a mapping with attempts, backoff and max_backoff"),
+    ],
+)
+def test_bad_retry_settings_are_reported(tmp_path: Path, retry: str, message: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        load_storages(write(tmp_path, retry))
+    assert str(caught.value).endswith(f":4: {message}")
