@@ -4,6 +4,7 @@ Celery's own result backend, on the same Redis server."""
 from __future__ import annotations
 
 import os
+import threading
 
 from celery import Celery
 
@@ -40,6 +41,7 @@ def managed(self, storage: str) -> None:  # type: ignore[no-untyped-def]
 
 
 _raw: dict[int, RedisStorage] = {}
+_raw_lock = threading.Lock()
 
 
 @app.task(bind=True, name="bench.raw", ignore_result=True)
@@ -47,8 +49,12 @@ def raw(self, prefix: str) -> None:  # type: ignore[no-untyped-def]
     """Keep the result through the bare adapter: no managed storage, no guard (one per process)."""
     storage = _raw.get(os.getpid())
     if storage is None:
-        storage = _raw[os.getpid()] = RedisStorage(url=f"{REDIS}/12", key_prefix=f"{prefix}:")
-        storage.connect()
+        with _raw_lock:
+            storage = _raw.get(os.getpid())
+            if storage is None:
+                storage = RedisStorage(url=f"{REDIS}/12", key_prefix=f"{prefix}:")
+                storage.connect()  # before other threads can see it
+                _raw[os.getpid()] = storage
     storage.store(None, "bench", "raw", self.request.id, PAYLOAD)
 
 

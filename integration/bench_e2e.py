@@ -86,7 +86,10 @@ def run_tasks(send: Callable[[], str], key: Callable[[str], str], client: redis.
     started = time.perf_counter()
     keys = [key(send()) for _ in range(tasks)]
     pending = keys
+    deadline = time.perf_counter() + 120
     while pending:
+        if time.perf_counter() > deadline:
+            raise SystemExit(f"{len(pending)} results never appeared: a task failed (see the worker log)")
         # tasks finish about in order: look at the next few hundred only, so that polling stays cheap
         # (the client shares the two cores with the worker)
         window = pending[:200]

@@ -29,7 +29,10 @@ def test_a_down_server_is_logged_without_its_password_and_the_worker_keeps_servi
     )
     worker = workers(storages=storages, pool=pool, concurrency=2, queue=queue).start().wait_ready()
     failed = store_in.apply_async((["Down"],), queue=queue)
-    with pytest.raises(Exception, match=r"storage 'Down' is unavailable \((OperationalError|InterfaceError) on store, 3 attempts\); the call is safe to retry"):
+    with pytest.raises(
+        Exception,
+        match=r"storage 'Down' is unavailable \((OperationalError|InterfaceError) on store, 3 attempts\); the call is safe to retry",
+    ):
         failed.get(timeout=60)
     assert store_in.apply_async((["Scratch"],), queue=queue).get(timeout=60)
     assert worker.stop(signal.SIGTERM) == 0
