@@ -31,6 +31,10 @@ class JsonStorage(DataStorage):  # type: ignore[misc]
         """The name to use in messages."""
         return self.storage_name or type(self).__name__
 
+    def not_connected(self) -> ConnectionError:
+        """The error for a call before ``connect`` or after ``disconnect``."""
+        return ConnectionError(f"storage {self.label!r} is not connected")
+
     def missing(self, task_id: str) -> MissingResultError:
         """The error for a task id with no record."""
         return MissingResultError(self.label, task_id)

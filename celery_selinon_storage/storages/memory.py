@@ -50,5 +50,5 @@ class InMemoryStorage(JsonStorage):
 
     def _connected(self) -> dict[str, str]:
         if self._records is None:
-            raise ConnectionError(f"storage {self.label!r} is not connected")
+            raise self.not_connected()
         return self._records

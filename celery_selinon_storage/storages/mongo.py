@@ -120,5 +120,5 @@ class MongoStorage(JsonStorage):
 
     def _connected(self) -> Any:
         if self._collection is None:
-            raise ConnectionError(f"storage {self.label!r} is not connected")
+            raise self.not_connected()
         return self._collection

@@ -106,7 +106,7 @@ class RedisStorage(JsonStorage):
 
     def _connected(self) -> redis.Redis:
         if self._client is None:
-            raise ConnectionError(f"storage {self.label!r} is not connected")
+            raise self.not_connected()
         return self._client
 
 

@@ -156,7 +156,7 @@ class S3Storage(JsonStorage):
 
     def _connected(self) -> Any:
         if self._client is None:
-            raise ConnectionError(f"storage {self.label!r} is not connected")
+            raise self.not_connected()
         return self._client
 
 

@@ -149,7 +149,7 @@ class SqlStorage(JsonStorage):
     def _execute(self, name: str, values: tuple[Any, ...]) -> Any:
         statements, cursor = self._statements, self._cursor
         if statements is None:
-            raise ConnectionError(f"storage {self.label!r} is not connected")
+            raise self.not_connected()
         sql, arguments = statements.bind(name, values)
         try:
             cursor.execute(sql, arguments)
