@@ -13,15 +13,22 @@ from celery_selinon_storage import StorageUnavailableError, get_storage, install
 
 REDIS_URL = os.environ.get("CSS_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 
-app = Celery("worker_app", broker=REDIS_URL, backend=REDIS_URL)
-app.conf.update(
-    worker_hijack_root_logger=True,
-    broker_connection_retry_on_startup=True,
-    task_default_queue=os.environ.get("CSS_TEST_QUEUE", "celery"),
-    worker_prefetch_multiplier=1,
-    result_expires=600,
-)
-install(app)
+
+def make_test_app(name: str) -> Celery:
+    """A Celery app on the test Redis, consuming the test's own queue, with the storages installed."""
+    celery_app = Celery(name, broker=REDIS_URL, backend=REDIS_URL)
+    celery_app.conf.update(
+        worker_hijack_root_logger=True,
+        broker_connection_retry_on_startup=True,
+        task_default_queue=os.environ.get("CSS_TEST_QUEUE", "celery"),
+        worker_prefetch_multiplier=1,
+        result_expires=600,
+    )
+    install(celery_app)
+    return celery_app
+
+
+app = make_test_app("worker_app")
 
 
 @app.task(bind=True, name="tests.store_in")

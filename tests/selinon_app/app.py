@@ -12,24 +12,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from celery import Celery, signals
+from celery import signals
 from selinon import Config
 
-from celery_selinon_storage import install
+from tests.worker_app import make_test_app
 
 HERE = Path(__file__).resolve().parent
-REDIS_URL = os.environ.get("CSS_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 NODES = os.environ.get("CSS_TEST_NODES")  # set for the worker; the test process configures itself
 
-app = Celery("selinon_app", broker=REDIS_URL, backend=REDIS_URL)
-app.conf.update(
-    worker_hijack_root_logger=True,
-    broker_connection_retry_on_startup=True,
-    task_default_queue=os.environ.get("CSS_TEST_QUEUE", "celery"),
-    worker_prefetch_multiplier=1,
-    result_expires=600,
-)
-install(app)
+app = make_test_app("selinon_app")
 
 
 def configure_selinon(**_: Any) -> None:
