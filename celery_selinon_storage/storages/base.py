@@ -58,6 +58,28 @@ class JsonStorage(DataStorage):  # type: ignore[misc]
 to_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
 
+class ClientStorage(JsonStorage):
+    """An adapter whose connection is one thread-safe driver client (its pool inside): connected while
+    it holds one; disconnecting closes it."""
+
+    concurrency_safe = True
+    _client: Any = None
+
+    def is_connected(self) -> bool:
+        return self._client is not None
+
+    def disconnect(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def client(self) -> Any:
+        """The connected client, or the "not connected" error."""
+        if self._client is None:
+            raise self.not_connected()
+        return self._client
+
+
 def error_record(exc_info: ExcInfo) -> dict[str, str]:
     """A JSON-ready description of an exception."""
     exc_type, exc, tb = exc_info

@@ -13,17 +13,16 @@ require("redis", "redis")
 import redis  # noqa: E402
 
 from ..options import OptionProblem  # noqa: E402
-from .base import JsonStorage  # noqa: E402
+from .base import ClientStorage  # noqa: E402
 
 
-class RedisStorage(JsonStorage):
+class RedisStorage(ClientStorage):
     """Results under ``{key_prefix}{task_id}``, optionally expiring after ``ttl`` seconds.
 
     One round trip per call (``SET … EX``, ``GET``, ``DEL``). redis-py's client and its connection
     pool are thread-safe, and green under eventlet's and gevent's monkey-patching.
     """
 
-    concurrency_safe = True
     transient_errors = (redis.ConnectionError, redis.TimeoutError, ConnectionError)
 
     def __init__(
@@ -81,33 +80,20 @@ class RedisStorage(JsonStorage):
         client.ping()
         self._client = client
 
-    def is_connected(self) -> bool:
-        return self._client is not None
-
-    def disconnect(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()
-
     def store(self, node_args: Any, flow_name: str, task_name: str, task_id: str, result: Any) -> str:
         key = self.key_prefix + task_id
-        self._connected().set(key, self.dumps(task_id, result), ex=self.ttl)
+        self.client().set(key, self.dumps(task_id, result), ex=self.ttl)
         return key
 
     def retrieve(self, flow_name: str, task_name: str, task_id: str) -> Any:
-        found = self._connected().get(self.key_prefix + task_id)
+        found = self.client().get(self.key_prefix + task_id)
         if found is None:
             raise self.missing(task_id)
         return json.loads(found)
 
     def delete(self, flow_name: str, task_name: str, task_id: str) -> None:
-        if not self._connected().delete(self.key_prefix + task_id):
+        if not self.client().delete(self.key_prefix + task_id):
             raise self.missing(task_id)
-
-    def _connected(self) -> redis.Redis:
-        if self._client is None:
-            raise self.not_connected()
-        return self._client
 
 
 def _masked(url: str) -> str:

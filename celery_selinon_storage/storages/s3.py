@@ -15,13 +15,13 @@ import botocore.config  # noqa: E402
 import botocore.exceptions  # noqa: E402
 
 from ..options import OptionProblem  # noqa: E402
-from .base import JsonStorage  # noqa: E402
+from .base import ClientStorage  # noqa: E402
 
 #: S3 refuses a LocationConstraint for its default region: the bucket is created without one there.
 _DEFAULT_REGION = "us-east-1"
 
 
-class S3Storage(JsonStorage):
+class S3Storage(ClientStorage):
     """Objects at ``{key_prefix}{task_id}.json`` (content type ``application/json``), flow and task
     names as object metadata. The bucket is created at connect if absent, in any region.
 
@@ -29,7 +29,6 @@ class S3Storage(JsonStorage):
     missing keys silently). boto3 clients are thread-safe.
     """
 
-    concurrency_safe = True
     transient_errors = (
         botocore.exceptions.ConnectionError,
         botocore.exceptions.HTTPClientError,
@@ -102,18 +101,10 @@ class S3Storage(JsonStorage):
             raise
         self._client = client
 
-    def is_connected(self) -> bool:
-        return self._client is not None
-
-    def disconnect(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()
-
     def store(self, node_args: Any, flow_name: str, task_name: str, task_id: str, result: Any) -> str:
         body = self.dumps(task_id, result).encode()
         key = self.key(task_id)
-        self._connected().put_object(
+        self.client().put_object(
             Bucket=self.bucket,
             Key=key,
             Body=body,
@@ -123,7 +114,7 @@ class S3Storage(JsonStorage):
         return key
 
     def retrieve(self, flow_name: str, task_name: str, task_id: str) -> Any:
-        client = self._connected()
+        client = self.client()
         try:
             found = client.get_object(Bucket=self.bucket, Key=self.key(task_id))
         except client.exceptions.NoSuchKey:
@@ -131,7 +122,7 @@ class S3Storage(JsonStorage):
         return json.loads(found["Body"].read())
 
     def delete(self, flow_name: str, task_name: str, task_id: str) -> None:
-        client = self._connected()
+        client = self.client()
         key = self.key(task_id)
         try:
             client.head_object(Bucket=self.bucket, Key=key)
@@ -153,11 +144,6 @@ class S3Storage(JsonStorage):
             options["CreateBucketConfiguration"] = {"LocationConstraint": self.location}
         with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):  # another process was first
             client.create_bucket(**options)
-
-    def _connected(self) -> Any:
-        if self._client is None:
-            raise self.not_connected()
-        return self._client
 
 
 def _status(error: botocore.exceptions.ClientError) -> int:
