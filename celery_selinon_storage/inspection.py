@@ -35,14 +35,11 @@ class ChildReports:
         """In a child: keep this process's report fresh until the process exits."""
         threading.Thread(target=self._write_while_running, name="storages-report", daemon=True).start()
 
-    def write(self) -> None:
-        """Write this process's report now (atomically: the parent never reads half a file)."""
-        storages = lifecycle.started_storages()
-        if storages is None:
-            return
+    def write(self, report: str) -> None:
+        """Write this process's report (atomically: the parent never reads half a file)."""
         path = self.directory / f"{os.getpid()}.json"
         partial = path.with_suffix(".tmp")
-        partial.write_text(json.dumps(storages.report()), encoding="utf-8")
+        partial.write_text(report, encoding="utf-8")
         os.replace(partial, path)
 
     def remove(self) -> None:
@@ -74,7 +71,7 @@ class ChildReports:
                 return
             current = json.dumps(storages.report())
             if current != last:
-                self.write()
+                self.write(current)
                 last = current
             time.sleep(REPORT_EVERY)
 

@@ -16,7 +16,7 @@ import redis
 
 from tests.servers import free_port, wait_for_port
 from tests.worker_app import app, store_with_retry
-from tests.workers import WorkerProcess
+from tests.workers import WorkerProcess, wait_for
 
 pytestmark = [pytest.mark.worker, pytest.mark.service]
 
@@ -51,13 +51,6 @@ storages:
     return path
 
 
-def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def states(ids: list[str]) -> list[str]:
     return [str(app.backend.get_task_meta(task_id)["status"]) for task_id in ids]
 
@@ -75,14 +68,14 @@ def test_a_redis_killed_and_restarted_mid_load_loses_and_duplicates_nothing(
             workers(storages=storages, pool=pool, concurrency=concurrency, queue=queue).start().wait_ready()
         )
         sent = [store_with_retry.apply_async(("Results", {"i": i}), queue=queue).id for i in range(TASKS)]
-        wait_until(lambda: client.dbsize() >= TASKS // 5, 60, "a fifth of the records")
+        wait_for(lambda: client.dbsize() >= TASKS // 5, 60, "a fifth of the records")
         server.kill()  # SIGKILL, mid-load
         server.wait(10)
         killed_at = time.monotonic()
         time.sleep(1.5)
     with own_redis(tmp_path, port):  # the same port and append-only file
         outage = time.monotonic() - killed_at
-        wait_until(lambda: all(s in ("SUCCESS", "FAILURE") for s in states(sent)), 240, "every task")
+        wait_for(lambda: all(s in ("SUCCESS", "FAILURE") for s in states(sent)), 240, "every task")
         assert worker.process is not None and worker.process.poll() is None, "the worker died"
         assert states(sent) == ["SUCCESS"] * TASKS
         keys = client.keys(f"{unique}:*")
@@ -109,6 +102,6 @@ def test_a_storage_down_at_start_is_served_once_its_server_comes_up(
     sent = [store_with_retry.apply_async(("Results", {"i": i}), queue=queue).id for i in range(20)]
     time.sleep(1.0)
     with own_redis(tmp_path, port):
-        wait_until(lambda: all(s == "SUCCESS" for s in states(sent)), 120, "every task")
+        wait_for(lambda: all(s == "SUCCESS" for s in states(sent)), 120, "every task")
         assert len(redis.Redis(port=port).keys(f"{unique}:*")) == 20
         assert worker.stop(signal.SIGTERM) == 0

@@ -15,7 +15,7 @@ import pytest
 
 from tests.recording import read_events
 from tests.worker_app import app, store_in
-from tests.workers import WorkerProcess
+from tests.workers import WorkerProcess, wait_for
 
 pytestmark = [pytest.mark.worker, pytest.mark.service]
 
@@ -46,13 +46,6 @@ storages:
 """
     )
     return path
-
-
-def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def by_instance(events: list[Event]) -> dict[str, list[Event]]:
