@@ -17,7 +17,7 @@ from .retry import DEFAULT_RETRY, RetriesExhausted, RetryPolicy
 T = TypeVar("T")
 
 #: Errors that mean "the server is unreachable, try again" for an adapter that names none of its own
-#: (``transient_errors``, a class attribute or property).
+#: (an ``is_transient(error)`` method, or a ``transient_errors`` tuple).
 DEFAULT_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
 
 #: Operations that are counted (``inspect storages`` and the shutdown summary report them).
@@ -109,16 +109,17 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
         self._closed = True
         if os.getpid() != self.pid:
             return True  # this process only holds a copy; the owner closes the original
-        got_lifecycle = _acquire(self._lifecycle_guard, timeout)
+        # the order of every path that holds both: call guard, then lifecycle guard
         got_call = _acquire(self._call_guard, timeout)
+        got_lifecycle = _acquire(self._lifecycle_guard, timeout)
         try:
             if self.adapter.is_connected():
                 self.adapter.disconnect()
         finally:
-            if got_call:
-                self._call_guard.release()
             if got_lifecycle:
                 self._lifecycle_guard.release()
+            if got_call:
+                self._call_guard.release()
         return got_call and got_lifecycle
 
     @property
@@ -165,9 +166,7 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
         stats = self.stats[operation]
         started = time.perf_counter()
         try:
-            return self.retry.call(
-                lambda: self._attempt(method, args), self._is_transient, self._drop_connection
-            )
+            return self.retry.call(lambda: self._attempt(method, args), self._is_transient)
         except RetriesExhausted as exhausted:
             stats.errors += 1
             cause = exhausted.__cause__
@@ -183,16 +182,26 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
             stats.seconds += time.perf_counter() - started
 
     def _attempt(self, method: Callable[..., T], args: tuple[Any, ...]) -> T:
-        if not self.adapter.is_connected():
-            self.connect()  # the server was down at start, or dropped us: connect on use
+        # Under the call guard from connect to failure: an adapter's one connection is never made,
+        # used or dropped while another thread or greenlet is using it.
         with self._call_guard:
-            return method(*args)
+            if not self.adapter.is_connected():
+                self.connect()  # the server was down at start, or dropped us: connect on use
+            try:
+                return method(*args)
+            except Exception as error:
+                if self._is_transient(error):
+                    self._drop_connection()
+                raise
 
     def _is_transient(self, error: BaseException) -> bool:
+        judge = getattr(self.adapter, "is_transient", None)
+        if judge is not None:
+            return bool(judge(error))
         # read at each failure: an adapter may learn its driver's errors only when it connects
         return isinstance(error, tuple(getattr(self.adapter, "transient_errors", DEFAULT_TRANSIENT_ERRORS)))
 
-    def _drop_connection(self, error: BaseException) -> None:
+    def _drop_connection(self) -> None:
         """After a transient failure: forget the connection, so that the next try makes a new one.
 
         Only for an adapter with one connection: a concurrency-safe one pools its connections, replaces

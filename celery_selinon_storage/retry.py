@@ -42,13 +42,8 @@ class RetryPolicy:
     attempts: int = 3
     backoff: ExponentialBackoff = field(default_factory=ExponentialBackoff)
 
-    def call(
-        self,
-        do: Callable[[], T],
-        is_transient: Callable[[BaseException], bool],
-        after_failure: Callable[[BaseException], None],
-    ) -> T:
-        """``do()``; a transient failure runs ``after_failure`` (drop the connection), waits, tries again."""
+    def call(self, do: Callable[[], T], is_transient: Callable[[BaseException], bool]) -> T:
+        """``do()``; after a transient failure, wait and try again."""
         failures = 0
         while True:
             try:
@@ -57,7 +52,6 @@ class RetryPolicy:
                 if not is_transient(exc):
                     raise
                 failures += 1
-                after_failure(exc)
                 if failures >= self.attempts:
                     raise RetriesExhausted(failures) from exc
                 time.sleep(self.backoff.compute(failures))  # green under eventlet and gevent

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +81,7 @@ def test_the_policy_stops_after_its_attempts_and_backs_off_within_its_cap() -> N
         raise TimeoutError
 
     with pytest.raises(RetriesExhausted) as caught:
-        RetryPolicy(attempts=4, backoff=ExponentialBackoff(0.001, 0.001)).call(
-            failing, lambda e: True, lambda e: None
-        )
+        RetryPolicy(attempts=4, backoff=ExponentialBackoff(0.001, 0.001)).call(failing, lambda e: True)
     assert len(calls) == 4 and caught.value.attempts == 4
     backoff = ExponentialBackoff(base=0.1, cap=0.3)
     assert all(
@@ -122,3 +123,72 @@ def test_bad_retry_settings_are_reported(tmp_path: Path, retry: str, message: st
     with pytest.raises(ConfigurationError) as caught:
         load_storages(write(tmp_path, retry))
     assert str(caught.value).endswith(f":4: {message}")
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "transient"),
+    [("57P03", True), ("57P01", True), ("08006", True), ("53300", True), ("42601", False), ("23505", False)],
+)
+def test_sql_judges_pg8000_server_errors_by_their_sqlstate(sqlstate: str, transient: bool) -> None:
+    """pg8000 reports "the database system is starting up" (57P03) as a plain ProgrammingError."""
+    pg8000 = pytest.importorskip("pg8000.dbapi")
+    sa = pytest.importorskip("sqlalchemy")
+    from celery_selinon_storage.storages.sql import SqlStorage
+
+    storage = SqlStorage("sqlite://")
+    server_error = pg8000.ProgrammingError({"S": "FATAL", "C": sqlstate, "M": "..."})
+    assert storage.is_transient(server_error) is transient
+    assert storage.is_transient(sa.exc.ProgrammingError("SELECT 1", {}, server_error)) is transient
+    assert storage.is_transient(sa.exc.OperationalError("SELECT 1", {}, Exception("gone")))
+    assert not storage.is_transient(ValueError("not JSON"))
+
+
+class OneConnectionStorage(InMemoryStorage):
+    """One connection: a store in flight must never see it dropped. Stores of "fail" break it."""
+
+    concurrency_safe = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped_under_a_call = 0
+        self.in_call = False
+
+    @property
+    def transient_errors(self) -> tuple[type[BaseException], ...]:
+        time.sleep(0.01)  # read after each failure: a slow read widens the window for another call
+        return (ConnectionError,)
+
+    def disconnect(self) -> None:
+        self.dropped_under_a_call += self.in_call
+        super().disconnect()
+
+    def store(self, node_args: Any, flow_name: str, task_name: str, task_id: str, result: Any) -> str:
+        self.in_call = True
+        try:
+            if task_id.startswith("fail"):
+                raise ConnectionError("server went away")
+            time.sleep(0.05)
+            return super().store(node_args, flow_name, task_name, task_id, result)
+        finally:
+            self.in_call = False
+
+
+def test_a_failed_call_never_drops_the_connection_another_thread_is_using() -> None:
+    adapter = OneConnectionStorage()
+    storage = ManagedStorage("One", adapter, GuardKind.THREAD, FAST)
+    storage.connect()
+
+    stored: list[str] = []
+
+    def store_many(prefix: str) -> None:
+        for i in range(10):
+            with contextlib.suppress(StorageUnavailableError):
+                stored.append(storage.store(None, "f", "t", f"{prefix}{i}", i))
+
+    threads = [threading.Thread(target=store_many, args=(prefix,)) for prefix in ("ok", "fail", "ok2")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert adapter.dropped_under_a_call == 0
+    assert sorted(stored) == sorted(f"{prefix}{i}" for prefix in ("ok", "ok2") for i in range(10))

@@ -33,6 +33,11 @@ DEFAULT_DRIVERS = {"postgresql": "pg8000", "mysql": "pymysql", "mariadb": "pymys
 
 _COLUMNS = ("task_id", "flow_name", "task_name", "node_args", "result")
 
+#: SQLSTATEs of a server that is there but cannot serve a session now: connection exceptions (class
+#: 08), shutting down or terminated by an administrator, crashed, starting up or recovering, too many
+#: connections. pg8000 reports them as plain database errors, so the code is what tells.
+_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+
 #: Bytes of SQL around the values of an upsert, rounded up (for the max_allowed_packet check).
 _STATEMENT_OVERHEAD = 1024
 
@@ -63,18 +68,17 @@ class SqlStorage(JsonStorage):
         self._connection: Any = None  # SQLAlchemy's, kept for DDL and closing
         self._cursor: Any = None  # the DBAPI cursor every call uses
         self._statements: _Statements | None = None
-        self._lost_connection_errors: tuple[type[BaseException], ...] = ()
+        self._lost_connection_errors: tuple[type[BaseException], ...] = (OSError,)
         self._max_statement_bytes: int | None = None  # MariaDB/MySQL: max_allowed_packet
 
-    @property
-    def transient_errors(self) -> tuple[type[BaseException], ...]:
-        """A lost or refused connection, from SQLAlchemy (connecting) or the driver (calls)."""
-        return (
+    def is_transient(self, error: BaseException) -> bool:
+        """A lost or refused connection, or a server that cannot take sessions now (safe to retry)."""
+        lost: tuple[type[BaseException], ...] = (
             sa.exc.OperationalError,
             sa.exc.InterfaceError,
-            ConnectionError,
             *self._lost_connection_errors,
         )
+        return isinstance(error, lost) or _sqlstate(error).startswith(_UNAVAILABLE_SQLSTATES)
 
     def __repr__(self) -> str:
         # render_as_string masks the password by default
@@ -102,7 +106,8 @@ class SqlStorage(JsonStorage):
             engine.dispose()
             raise
         dbapi = engine.dialect.loaded_dbapi
-        self._lost_connection_errors = (dbapi.OperationalError, dbapi.InterfaceError)
+        # OSError: pg8000 lets a socket timeout out unwrapped, and the socket is useless after it
+        self._lost_connection_errors = (dbapi.OperationalError, dbapi.InterfaceError, OSError)
         self._engine, self._connection = engine, connection
 
     def is_connected(self) -> bool:
@@ -257,6 +262,15 @@ def _database_url(connection_string: str) -> Any:
             "pip install 'celery-selinon-storage[sql]' or install the driver the URL names",
         ) from None
     return url
+
+
+def _sqlstate(error: BaseException) -> str:
+    """The SQLSTATE of a driver's error (pg8000 and psycopg), or "" when it carries none."""
+    driver_error = getattr(error, "orig", None) or error
+    code = getattr(driver_error, "sqlstate", None)
+    if code is None and driver_error.args and isinstance(driver_error.args[0], dict):
+        code = driver_error.args[0].get("C")  # pg8000: the server's error fields
+    return code if isinstance(code, str) else ""
 
 
 def _results_table(name: str, dialect: str) -> sa.Table:
