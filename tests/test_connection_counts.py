@@ -12,8 +12,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from tests.servers import free_port
-from tests.test_faults import own_redis
+from tests.own_servers import OwnRedis
 from tests.worker_app import store_in
 from tests.workers import WorkerProcess
 
@@ -73,7 +72,8 @@ def test_connections_stay_bounded_and_none_outlive_the_worker(
     pool: str, concurrency: int, extra: tuple[str, ...], tmp_path: Path, redis_url: str, postgres_url: str,
     queue: str, unique: str, workers: Callable[..., WorkerProcess],
 ) -> None:  # fmt: skip
-    port = free_port()
+    redis_server = OwnRedis(tmp_path)
+    port = redis_server.port
     app_name = f"css-{unique}"
     storages = storages_file(tmp_path / "storages.yml", port, postgres_url, app_name, unique)
     engine = sa.create_engine(
@@ -85,7 +85,7 @@ def test_connections_stay_bounded_and_none_outlive_the_worker(
             query = sa.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name")
             return int(connection.execute(query, {"name": app_name}).scalar_one())
 
-    with own_redis(tmp_path, port):
+    with redis_server:
         client = redis.Redis(port=port)
 
         def redis_connections() -> int:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from celery_selinon_storage import load_storages
+from tests.own_servers import OwnRedis
 from tests.servers import free_port
-from tests.test_faults import own_redis
 from tests.worker_app import store_in
 from tests.workers import ROOT, WorkerProcess
 
@@ -29,7 +29,8 @@ def test_no_secret_reaches_any_output(
     tmp_path: Path, redis_url: str, postgres_url: str, s3_endpoint: str, queue: str, unique: str,
     workers: Callable[..., WorkerProcess],
 ) -> None:  # fmt: skip
-    port, down_port = free_port(), free_port()
+    redis_server = OwnRedis(tmp_path)
+    port, down_port = redis_server.port, free_port()
     sql_url = postgres_url.replace(
         "postgresql://postgres@", f"postgresql://postgres:{SQL_PASSWORD}@"
     )  # trust auth
@@ -62,7 +63,7 @@ storages:
     )
     seen: list[str] = [repr(spec) for spec in load_storages(storages)]
     seen += [repr(spec.create()) for spec in load_storages(storages)]
-    with own_redis(tmp_path, port) as server:
+    with redis_server:
         subprocess.run(
             ["redis-cli", "-p", str(port), "CONFIG", "SET", "requirepass", REDIS_PASSWORD],
             check=True,
@@ -87,7 +88,6 @@ storages:
             seen += [str(caught.value), repr(caught.value), str(failed.traceback)]
         assert worker.stop(signal.SIGTERM) == 0
         seen.append(worker.output)
-        server.terminate()
     assert "storages closed in process" in worker.output
     leaks = [
         (secret, text[max(0, text.find(secret) - 80) : text.find(secret) + 20])
