@@ -6,6 +6,7 @@ Broker and result backend: the Redis of ``CSS_TEST_REDIS_URL``.
 from __future__ import annotations
 
 import os
+import time
 
 from celery import Celery
 
@@ -32,10 +33,15 @@ app = make_test_app("worker_app")
 
 
 @app.task(bind=True, name="tests.store_in")
-def store_in(self, storage_names: list[str]) -> str:  # type: ignore[no-untyped-def]
-    """Store one record per named storage, keyed by this task's id; return the worker pid."""
-    for name in storage_names:
-        get_storage(name).store(None, "test_flow", "store_in", self.request.id, {"ok": True})
+def store_in(self, storage_names: list[str], pause: float = 0.0) -> str:  # type: ignore[no-untyped-def]
+    """Store this process's pid in each named storage, keyed by this task's id, ``pause`` seconds apart.
+
+    Returns the pid. A task stopped between two stores leaves the first record without the second.
+    """
+    for position, name in enumerate(storage_names):
+        if position and pause:
+            time.sleep(pause)
+        get_storage(name).store(None, "test_flow", "store_in", self.request.id, {"pid": os.getpid()})
     return str(os.getpid())
 
 
