@@ -127,7 +127,7 @@ class OwnPostgres(OwnServer):
         deadline = time.monotonic() + timeout
         while True:
             try:
-                pg8000.dbapi.connect(user="postgres", host="127.0.0.1", port=self.port, timeout=5).close()
+                self._connect(timeout=5).close()
                 return
             except pg8000.dbapi.DatabaseError:
                 if time.monotonic() > deadline:
@@ -141,7 +141,7 @@ class OwnPostgres(OwnServer):
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         """Rows of ``sql`` run on a connection of its own."""
-        connection = pg8000.dbapi.connect(user="postgres", host="127.0.0.1", port=self.port, timeout=10)
+        connection = self._connect(timeout=10)
         try:
             cursor = connection.cursor()
             cursor.execute(sql)
@@ -150,6 +150,9 @@ class OwnPostgres(OwnServer):
             return rows
         finally:
             connection.close()
+
+    def _connect(self, timeout: float) -> pg8000.dbapi.Connection:
+        return pg8000.dbapi.connect(user="postgres", host="127.0.0.1", port=self.port, timeout=timeout)
 
 
 def _postgres_tool(name: str) -> str:

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from tests.own_servers import OwnPostgres, OwnRedis, OwnServer
-from tests.worker_app import app, store_with_retry
+from tests.worker_app import store_with_retry, task_states
 from tests.workers import WorkerProcess, wait_for
 
 pytestmark = [pytest.mark.worker, pytest.mark.service]
@@ -66,10 +66,6 @@ def storages_file(path: Path, target: Target) -> Path:
     return path
 
 
-def states(ids: list[str]) -> list[str]:
-    return [str(app.backend.get_task_meta(task_id)["status"]) for task_id in ids]
-
-
 @pytest.mark.parametrize("pool", ["prefork", "threads", "gevent"])
 @pytest.mark.parametrize("kind", ["redis", "postgres"])
 def test_a_server_killed_and_restarted_mid_load_loses_and_duplicates_nothing(
@@ -90,9 +86,9 @@ def test_a_server_killed_and_restarted_mid_load_loses_and_duplicates_nothing(
         time.sleep(1.5)
         target.server.start()  # the same port and data
         outage = time.monotonic() - killed_at
-        wait_for(lambda: all(s in ("SUCCESS", "FAILURE") for s in states(sent)), 240, "every task")
+        wait_for(lambda: all(s in ("SUCCESS", "FAILURE") for s in task_states(sent)), 240, "every task")
         assert worker.process is not None and worker.process.poll() is None, "the worker died"
-        assert states(sent) == ["SUCCESS"] * TASKS
+        assert task_states(sent) == ["SUCCESS"] * TASKS
         stored = target.stored()
         assert len(set(stored)) == TASKS, f"{TASKS - len(set(stored))} records lost"
         assert sorted(stored) == list(range(TASKS)), "a record is duplicated or wrong"
@@ -118,6 +114,6 @@ def test_a_storage_down_at_start_is_served_once_its_server_comes_up(
     sent = [store_with_retry.apply_async(("Results", {"i": i}), queue=queue).id for i in range(20)]
     time.sleep(1.0)
     with target.server:
-        wait_for(lambda: all(s == "SUCCESS" for s in states(sent)), 120, "every task")
+        wait_for(lambda: all(s == "SUCCESS" for s in task_states(sent)), 120, "every task")
         assert sorted(target.stored()) == list(range(20))
         assert worker.stop(signal.SIGTERM) == 0

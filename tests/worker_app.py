@@ -32,6 +32,11 @@ def make_test_app(name: str) -> Celery:
 app = make_test_app("worker_app")
 
 
+def task_states(task_ids: list[str]) -> list[str]:
+    """The stored state of each task (read from the result backend, without subscribing)."""
+    return [str(app.backend.get_task_meta(task_id)["status"]) for task_id in task_ids]
+
+
 @app.task(bind=True, name="tests.store_in")
 def store_in(self, storage_names: list[str], pause: float = 0.0) -> str:  # type: ignore[no-untyped-def]
     """Store this process's pid in each named storage, keyed by this task's id, ``pause`` seconds apart.
