@@ -1,46 +1,58 @@
-"""Per-process, guarded Selinon storages owned by the Celery worker."""
+"""Per-process, guarded Selinon storages owned by the Celery worker.
+
+What users call: ``install`` (or ``StorageStep``), ``get_storage``, ``open_storages``, the errors and
+the built-in adapters. Everything else stays importable from its module and is not part of the API.
+"""
 
 from __future__ import annotations
 
-from .bootstep import STORAGES_ENV, STORAGES_SETTING, StorageStep, install, storages_option
+from typing import Any
+
+from .bootstep import StorageStep, install
 from .errors import (
     ConfigurationError,
+    InvalidRecordError,
     MissingResultError,
     ResultNotSerializableError,
     ResultTooLargeError,
     StorageClosedError,
     StorageError,
     StorageNotFoundError,
+    StorageOwnedError,
     StoragesNotStartedError,
     StorageUnavailableError,
     WrongProcessError,
 )
-from .guards import GuardKind
-from .lifecycle import ProcessStorages, get_storage, open_storages
-from .managed import ManagedStorage
-from .specs import StorageSpec, load_storages
+from .lifecycle import get_storage, open_storages
+from .storages import BUILTIN_STORAGES, builtin_storage_class
 
 __all__ = [
-    "STORAGES_ENV",
-    "STORAGES_SETTING",
     "ConfigurationError",
-    "GuardKind",
-    "ManagedStorage",
+    "InMemoryStorage",
+    "InvalidRecordError",
     "MissingResultError",
-    "ProcessStorages",
+    "MongoStorage",
+    "RedisStorage",
     "ResultNotSerializableError",
     "ResultTooLargeError",
+    "S3Storage",
+    "SqlStorage",
     "StorageClosedError",
     "StorageError",
     "StorageNotFoundError",
-    "StorageSpec",
+    "StorageOwnedError",
     "StorageStep",
     "StorageUnavailableError",
     "StoragesNotStartedError",
     "WrongProcessError",
     "get_storage",
     "install",
-    "load_storages",
     "open_storages",
-    "storages_option",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The built-in adapters, imported on first use (each needs its driver)."""
+    if name in BUILTIN_STORAGES:
+        return builtin_storage_class(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

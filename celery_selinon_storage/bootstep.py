@@ -12,9 +12,10 @@ from celery import Celery, bootsteps, signals
 from celery.exceptions import ImproperlyConfigured
 from celery.utils.log import get_logger
 
-from . import inspection
+from . import state
 from .errors import ConfigurationError
-from .guards import GuardKind, guard_kind_for_pool, uses_child_processes
+from .guards import pool_traits
+from .inspection import ChildReports, register_inspect_command
 from .lifecycle import start_process_storages, stop_process_storages
 from .selinon_bridge import bridge_selinon
 from .specs import StorageSpec, load_storages
@@ -56,6 +57,7 @@ def install(app: Celery) -> None:
     app.steps["worker"].add(StorageStep)
     app.user_options["worker"].add(storages_option())
     bridge_selinon()
+    register_inspect_command()
 
 
 def storages_path(app: Celery, option: str | None) -> str | None:
@@ -71,11 +73,11 @@ class StorageStep(bootsteps.StartStopStep):
 
     def __init__(self, w: Any, storages: str | None = None, **kwargs: Any) -> None:
         bridge_selinon()  # for apps that add the step themselves
+        register_inspect_command()
         #: The checked storages file; ``None`` when the worker has no storages file.
         self.specs: Sequence[StorageSpec] | None = None
-        #: True under prefork: each child builds its own after the fork, the parent never connects.
-        self.in_children = False
         super().__init__(w, **kwargs)
+        self.traits = pool_traits(w.pool_cls)
         path = storages_path(w.app, storages)
         if path is None:
             logger.warning(
@@ -83,58 +85,58 @@ class StorageStep(bootsteps.StartStopStep):
             )
             return
         self.specs = _load_or_exit(path)
-        self.in_children = uses_child_processes(w.pool_cls)
-        self.guard_kind = GuardKind.NONE if self.in_children else guard_kind_for_pool(w.pool_cls)
-        if self.in_children:
-            _ChildStorages.plan(self.specs)
-            inspection.child_reports = inspection.ChildReports()
-            signals.worker_shutdown.connect(self._on_worker_shutdown, sender=w, weak=False)
-        else:
-            signals.worker_shutdown.connect(self._on_worker_shutdown, sender=w, weak=False)
+        if self.traits.in_children:
+            state.set_plan(state.ChildPlan(self.specs, self.traits.guard_kind, ChildReports()))
+            signals.worker_process_init.connect(_on_child_start, weak=False, dispatch_uid=__name__ + ".init")
+            signals.worker_process_shutdown.connect(
+                _on_child_exit, weak=False, dispatch_uid=__name__ + ".exit"
+            )
+        signals.worker_shutdown.connect(self._on_worker_shutdown, sender=w, weak=False)
 
     def include_if(self, w: Any) -> bool:
         return self.specs is not None
 
     def start(self, w: Any) -> None:
-        if self.specs is not None and not self.in_children:
-            start_process_storages(self.specs, self.guard_kind)
+        if self.specs is not None and not self.traits.in_children:
+            start_process_storages(self.specs, self.traits.guard_kind)
 
     def stop(self, w: Any) -> None:
         """Nothing yet: the pool drains running tasks after this; ``worker_shutdown`` closes."""
 
     def terminate(self, w: Any) -> None:
         """Cold shutdown: disconnect what can be disconnected without waiting long."""
-        if not self.in_children:
+        if not self.traits.in_children:
             stop_process_storages(timeout=COLD_SHUTDOWN_WAIT)
 
     def _on_worker_shutdown(self, sender: Any = None, **kwargs: Any) -> None:
         stop_process_storages()
-        if inspection.child_reports is not None:
-            inspection.child_reports.close()
-
-
-class _ChildStorages:
-    """Prefork: the specs checked in the parent, built in each child after the fork."""
-
-    specs: Sequence[StorageSpec] = ()
-
-    @classmethod
-    def plan(cls, specs: Sequence[StorageSpec]) -> None:
-        cls.specs = specs
-        signals.worker_process_init.connect(_on_child_start, weak=False, dispatch_uid=__name__ + ".init")
-        signals.worker_process_shutdown.connect(_on_child_exit, weak=False, dispatch_uid=__name__ + ".exit")
+        plan = state.plan()
+        if plan is not None:
+            plan.reports.close()
+            state.set_plan(None)
 
 
 def _on_child_start(**kwargs: Any) -> None:
-    start_process_storages(_ChildStorages.specs, GuardKind.NONE)
-    if inspection.child_reports is not None:
-        inspection.child_reports.start_writer()
+    plan = state.plan()
+    if plan is None:
+        return
+    try:
+        start_process_storages(plan.specs, plan.guard_kind)
+    except Exception as exc:  # noqa: BLE001 - reported in one line; tasks are told why
+        reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        state.record_failure(reason)
+        logger.error(
+            "celery-selinon-storage: storages could not start in process %d: %s", os.getpid(), reason
+        )
+        return
+    plan.reports.start_writer()
 
 
 def _on_child_exit(**kwargs: Any) -> None:
     stop_process_storages(timeout=COLD_SHUTDOWN_WAIT)
-    if inspection.child_reports is not None:
-        inspection.child_reports.remove()
+    plan = state.plan()
+    if plan is not None:
+        plan.reports.remove()
 
 
 def _load_or_exit(path: str) -> Sequence[StorageSpec]:

@@ -54,6 +54,26 @@ class StoragesNotStartedError(StorageError):
     """Storages were used in a process where they were not started."""
 
 
+class StoragesAlreadyStartedError(StorageError):
+    """Storages were started a second time in one process."""
+
+
+class OptionProblem(ValueError):
+    """One option is unknown, missing, of the wrong type or of a value the adapter refuses.
+
+    Raised by adapters and the option checker; the loader turns it into a ``ConfigurationError``
+    that says where the option is written.
+    """
+
+    def __init__(self, option: str | None, problem: str) -> None:
+        self.option = option
+        super().__init__(problem)
+
+
+class MissingDriverError(ImportError):
+    """The driver a built-in adapter needs is not installed."""
+
+
 class StorageClosedError(StorageError):
     """A storage was used after its process closed it (worker shutdown)."""
 
@@ -66,6 +86,14 @@ class StorageUnavailableError(StorageError):
     """The storage's server could not be reached; the call is safe to retry."""
 
 
+class StorageOwnedError(StorageError):
+    """Task code tried to connect, disconnect or close a storage that the worker manages."""
+
+
+class InvalidRecordError(StorageError, ValueError):
+    """A task id, name or result that cannot be stored; refused before any I/O, nothing was written."""
+
+
 class MissingResultError(StorageError, SelinonMissingDataException):
     """No record exists for the task id asked for."""
 
@@ -75,7 +103,7 @@ class MissingResultError(StorageError, SelinonMissingDataException):
         super().__init__(f"storage {storage!r} has no record for task id {task_id!r}")
 
 
-class ResultTooLargeError(StorageError, ValueError):
+class ResultTooLargeError(InvalidRecordError):
     """A task result is larger than the backend accepts; nothing was stored."""
 
     def __init__(self, storage: str, task_id: str, size: int, limit: int, hint: str) -> None:
@@ -89,7 +117,7 @@ class ResultTooLargeError(StorageError, ValueError):
         )
 
 
-class ResultNotSerializableError(StorageError, TypeError):
+class ResultNotSerializableError(InvalidRecordError, TypeError):
     """A task result cannot be written as JSON; nothing was stored."""
 
     def __init__(self, storage: str, task_id: str, reason: str) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import enum
 import sys
 import threading
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -27,9 +28,10 @@ class Guard(Protocol):
 class GuardKind(enum.Enum):
     """How tasks in one worker process can overlap, and so which lock they need."""
 
-    #: One task at a time per process (prefork children, solo): no lock at all.
+    #: An adapter that declares itself safe for concurrent use (``concurrency_safe``): no lock at all.
     NONE = "none"
-    #: Tasks in OS threads (threads pool): a ``threading.Lock``.
+    #: Tasks in OS threads (threads pool), and prefork and solo, where a task may start threads of
+    #: its own: a ``threading.RLock`` (uncontended, it costs well under a microsecond).
     THREAD = "thread"
     #: Tasks in eventlet greenthreads: a lock that yields to the hub instead of blocking it.
     EVENTLET = "eventlet"
@@ -37,35 +39,39 @@ class GuardKind(enum.Enum):
     GEVENT = "gevent"
 
 
-#: Pool class (module, name) -> kind. The modules are looked up in ``sys.modules`` only: a pool
+@dataclass(frozen=True)
+class PoolTraits:
+    """What the storages need to know about a worker's pool."""
+
+    #: The lock that keeps two tasks (or a task's own threads) out of one adapter at once.
+    guard_kind: GuardKind
+    #: Tasks run in forked children (prefork): storages belong in the children, never the parent.
+    in_children: bool
+
+
+#: Pool class (module, name) -> traits. The modules are looked up in ``sys.modules`` only: a pool
 #: that subclasses one of them has imported it already, and importing eventlet or gevent here
 #: for nothing would be a side effect.
 _POOLS = (
-    ("celery.concurrency.eventlet", "TaskPool", GuardKind.EVENTLET),
-    ("celery.concurrency.gevent", "TaskPool", GuardKind.GEVENT),
-    ("celery.concurrency.thread", "TaskPool", GuardKind.THREAD),
-    ("celery.concurrency.prefork", "TaskPool", GuardKind.NONE),
-    ("celery.concurrency.solo", "TaskPool", GuardKind.NONE),
+    ("celery.concurrency.eventlet", "TaskPool", PoolTraits(GuardKind.EVENTLET, in_children=False)),
+    ("celery.concurrency.gevent", "TaskPool", PoolTraits(GuardKind.GEVENT, in_children=False)),
+    ("celery.concurrency.thread", "TaskPool", PoolTraits(GuardKind.THREAD, in_children=False)),
+    ("celery.concurrency.prefork", "TaskPool", PoolTraits(GuardKind.THREAD, in_children=True)),
+    ("celery.concurrency.solo", "TaskPool", PoolTraits(GuardKind.THREAD, in_children=False)),
 )
 
 
-def guard_kind_for_pool(pool_cls: type) -> GuardKind:
-    """The guard kind for a worker's pool class (subclasses of Celery's pools count as those pools).
+def pool_traits(pool_cls: type) -> PoolTraits:
+    """The traits of a worker's pool class (subclasses of Celery's pools count as those pools).
 
-    An unknown pool gets ``THREAD``: correct for anything that runs tasks in threads, and cheap.
+    An unknown pool runs tasks in this process and gets ``THREAD``: correct for anything that runs
+    tasks in threads, and cheap.
     """
-    for module_name, class_name, kind in _POOLS:
+    for module_name, class_name, traits in _POOLS:
         base = getattr(sys.modules.get(module_name), class_name, None)
         if isinstance(base, type) and issubclass(pool_cls, base):
-            return kind
-    return GuardKind.THREAD
-
-
-def uses_child_processes(pool_cls: type) -> bool:
-    """Whether tasks run in forked children (prefork), so storages belong in the children."""
-    prefork = sys.modules.get("celery.concurrency.prefork")
-    base = getattr(prefork, "TaskPool", None)
-    return isinstance(base, type) and issubclass(pool_cls, base)
+            return traits
+    return PoolTraits(GuardKind.THREAD, in_children=False)
 
 
 class _NoGuard(contextlib.nullcontext[None]):
@@ -83,7 +89,7 @@ def make_guard(kind: GuardKind) -> Guard:
     if kind is GuardKind.NONE:
         return _NoGuard()
     if kind is GuardKind.THREAD:
-        return threading.Lock()
+        return threading.RLock()
     if kind is GuardKind.EVENTLET:
         from eventlet.semaphore import Semaphore as EventletSemaphore
 

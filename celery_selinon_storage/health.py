@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .background import run_with_deadline
 from .secrets import scrub, secret_values
 from .specs import StorageSpec
 from .storages.base import JsonStorage
@@ -52,12 +52,13 @@ def check_storage(spec: StorageSpec, timeout: float, on_slow: Callable[[str, flo
             outcome.append(exc)
 
     started = time.perf_counter()
-    helper = threading.Thread(target=connect, name=f"check-{spec.name}", daemon=True)
-    helper.start()
-    while helper.is_alive() and time.perf_counter() - started < timeout:
-        helper.join(min(PROGRESS_EVERY, timeout - (time.perf_counter() - started)))
-        if helper.is_alive():
-            on_slow(spec.name, time.perf_counter() - started)
+    run_with_deadline(
+        connect,
+        timeout,
+        name=f"check-{spec.name}",
+        on_wait=lambda waited: on_slow(spec.name, waited),
+        every=PROGRESS_EVERY,
+    )
     latency_ms = 1000 * (time.perf_counter() - started)
     if not outcome:
         error: str | None = f"no answer within {timeout:g} s"

@@ -19,7 +19,7 @@ from typing import Any
 
 from celery.worker.control import inspect_command
 
-from . import lifecycle
+from . import state
 
 #: How often a prefork child refreshes its report.
 REPORT_EVERY = 0.5
@@ -66,7 +66,7 @@ class ChildReports:
     def _write_while_running(self) -> None:
         last = ""
         while True:
-            storages = lifecycle.started_storages()
+            storages = state.current()
             if storages is None:
                 return
             current = json.dumps(storages.report())
@@ -86,19 +86,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
-#: Set in a prefork parent by the bootstep; None elsewhere.
-child_reports: ChildReports | None = None
-
-
 def worker_report() -> dict[str, Any]:
     """What this worker reports: one entry per process that holds storages."""
-    if child_reports is not None:
-        return {"processes": child_reports.read()}
-    storages = lifecycle.started_storages()
+    plan = state.plan()
+    if plan is not None:
+        return {"processes": plan.reports.read()}
+    storages = state.current()
     return {"processes": [storages.report()] if storages is not None else []}
 
 
-@inspect_command(name="storages")  # type: ignore[untyped-decorator]
-def storages(state: Any, **kwargs: Any) -> dict[str, Any]:
+def storages(worker_state: Any, **kwargs: Any) -> dict[str, Any]:
     """Storages of each worker process: class, guard, connection, calls, errors, mean latency."""
     return worker_report()
+
+
+def register_inspect_command() -> None:
+    """Add ``celery inspect storages`` to this process's remote-control commands (idempotent)."""
+    inspect_command(name="storages")(storages)

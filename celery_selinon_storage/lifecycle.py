@@ -8,7 +8,6 @@ instances and refuses anything else.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,9 +15,12 @@ from typing import Any
 
 from celery.utils.log import get_logger
 
-from .errors import StorageNotFoundError, StoragesNotStartedError
+from . import state
+from .background import run_with_deadline
+from .errors import StorageNotFoundError, StoragesAlreadyStartedError, StoragesNotStartedError
 from .guards import GuardKind
 from .managed import ManagedStorage
+from .selinon_bridge import bridge_selinon
 from .specs import StorageSpec, load_storages
 
 logger = get_logger("celery_selinon_storage")
@@ -45,10 +47,7 @@ class ProcessStorages:
         past the budget; a storage still connecting then finishes in the background (a task that needs
         it waits for it), and one that fails connects on first use.
         """
-        helper = threading.Thread(target=self._connect_each, name="storages-connect", daemon=True)
-        helper.start()
-        helper.join(budget)
-        if helper.is_alive():
+        if not run_with_deadline(self._connect_each, budget, name="storages-connect"):
             waiting = [name for name, storage in self.storages.items() if not storage.is_connected()]
             logger.warning(
                 "storages still connecting after %.1fs, continuing in the background: %s",
@@ -82,7 +81,7 @@ class ProcessStorages:
             if storage.closed:
                 continue
             try:
-                if not storage.close(timeout):
+                if not storage.shut_down(timeout):
                     logger.warning("storage %s: a call was still running; disconnected anyway", name)
             except Exception as exc:  # noqa: BLE001 - keep closing the others
                 logger.warning("storage %s failed to disconnect: %s", name, type(exc).__name__)
@@ -121,20 +120,16 @@ class ProcessStorages:
         )
 
 
-_current: ProcessStorages | None = None
-
-
 def start_process_storages(
     specs: Sequence[StorageSpec], guard_kind: GuardKind, budget: float = DEFAULT_CONNECT_BUDGET
 ) -> ProcessStorages:
     """Create and connect this process's storages and make them what ``get_storage`` returns."""
-    global _current
-    if _current is not None and _current.pid == os.getpid():
-        raise StoragesNotStartedError(
+    if state.current() is not None:
+        raise StoragesAlreadyStartedError(
             f"storages were already started in process {os.getpid()}; stop them before starting again"
         )
     storages = ProcessStorages(specs, guard_kind)
-    _current = storages
+    state.set_current(storages)
     storages.connect_all(budget)
     logger.info("storages started in process %d: %s", storages.pid, storages.describe())
     return storages
@@ -142,27 +137,23 @@ def start_process_storages(
 
 def stop_process_storages(timeout: float | None = None) -> None:
     """Close this process's storages (no-op when there are none)."""
-    global _current
-    storages, _current = _current, None
-    if storages is not None and storages.pid == os.getpid():
+    storages = state.take_current()
+    if storages is not None:
         storages.close(timeout)
 
 
-def started_storages() -> ProcessStorages | None:
-    """This process's storages, or None when they are not started here."""
-    if _current is None or _current.pid != os.getpid():
-        return None
-    return _current
-
-
 def current_storages() -> ProcessStorages:
-    """This process's storages, or ``StoragesNotStartedError``."""
-    if _current is None or _current.pid != os.getpid():
-        raise StoragesNotStartedError(
-            f"storages are not started in process {os.getpid()}; run the worker with --storages FILE "
-            "(after install(app)), or wrap the code in open_storages(FILE)"
-        )
-    return _current
+    """This process's storages, or ``StoragesNotStartedError`` saying why there are none."""
+    storages = state.current()
+    if storages is not None:
+        return storages
+    reason = state.failure()
+    if reason is not None:
+        raise StoragesNotStartedError(f"storages failed to start in process {os.getpid()}: {reason}")
+    raise StoragesNotStartedError(
+        f"storages are not started in process {os.getpid()}; run the worker with --storages FILE "
+        "(after install(app)), or wrap the code in open_storages(FILE)"
+    )
 
 
 def get_storage(name: str) -> ManagedStorage:
@@ -180,8 +171,6 @@ def open_storages(
 
     Selinon's ``StoragePool`` in this process uses them too.
     """
-    from .selinon_bridge import bridge_selinon  # the bridge reads this module's state
-
     bridge_selinon()
     specs = load_storages(Path(source), environ) if isinstance(source, (str, os.PathLike)) else source
     storages = start_process_storages(specs, guard_kind)

@@ -10,7 +10,14 @@ from typing import Any, TypeVar
 
 from selinon import DataStorage
 
-from .errors import StorageClosedError, StorageUnavailableError, WrongProcessError
+from . import state
+from .errors import (
+    StorageClosedError,
+    StorageError,
+    StorageOwnedError,
+    StorageUnavailableError,
+    WrongProcessError,
+)
 from .guards import Guard, GuardKind, make_guard
 from .retry import DEFAULT_RETRY, RetriesExhausted, RetryPolicy
 
@@ -96,18 +103,23 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
         return bool(self.adapter.is_connected())
 
     def disconnect(self) -> None:
-        """Same as ``close``: a managed storage is disconnected once, by its owner."""
-        self.close()
+        """Refused: the worker disconnects its storages once, at shutdown, after the last task."""
+        raise self._owned("disconnect")
 
-    def close(self, timeout: float | None = None) -> bool:
-        """Disconnect and refuse further calls. Waits for a running call (``timeout`` bounds the wait).
+    def close(self) -> None:
+        """Refused, like ``disconnect``."""
+        raise self._owned("close")
+
+    def shut_down(self, timeout: float | None = None) -> bool:
+        """The owner's close: disconnect and refuse further calls. Waits for a running call
+        (``timeout`` bounds the wait).
 
         Returns False when the wait timed out; the adapter is then disconnected anyway (cold shutdown).
         """
         if self._closed:
             return True
         self._closed = True
-        if os.getpid() != self.pid:
+        if not state.is_this_process(self.pid):
             return True  # this process only holds a copy; the owner closes the original
         # the order of every path that holds both: call guard, then lifecycle guard
         got_call = _acquire(self._call_guard, timeout)
@@ -149,8 +161,14 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
 
     # -- internals ---------------------------------------------------------------------------
 
+    def _owned(self, method: str) -> StorageOwnedError:
+        return StorageOwnedError(
+            f"storage {self.name!r} is managed by the worker, which connects it at start and disconnects it "
+            f"once at shutdown; do not call {method}() on it (it stays connected for the next call)"
+        )
+
     def _check_usable(self) -> None:
-        if os.getpid() != self.pid:
+        if not state.is_this_process(self.pid):
             raise WrongProcessError(
                 f"storage {self.name!r} was created in process {self.pid} and used in process {os.getpid()}; "
                 "connections must not cross a fork: call get_storage() in the process that uses it"
@@ -189,9 +207,12 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
                 self.connect()  # the server was down at start, or dropped us: connect on use
             try:
                 return method(*args)
-            except Exception as error:
-                if self._is_transient(error):
-                    self._drop_connection()
+            except StorageError:
+                raise  # refused or missing, reported by the adapter before or after a whole exchange
+            except BaseException:
+                # Anything else may have struck mid-exchange (a lost server, a time limit, a killed
+                # greenlet): the connection's state is unknown, so it is never used again.
+                self._drop_connection()
                 raise
 
     def _is_transient(self, error: BaseException) -> bool:
@@ -202,9 +223,9 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
         return isinstance(error, tuple(getattr(self.adapter, "transient_errors", DEFAULT_TRANSIENT_ERRORS)))
 
     def _drop_connection(self) -> None:
-        """After a transient failure: forget the connection, so that the next try makes a new one.
+        """After a failed call: forget the connection, so that the next call makes a new one.
 
-        Only for an adapter with one connection: a concurrency-safe one pools its connections, replaces
+        Only for an adapter with one connection: a concurrency-safe one pools its connections, discards
         a broken one by itself, and may be in use by other threads right now.
         """
         if self.concurrency_safe:

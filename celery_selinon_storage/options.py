@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import types
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -11,16 +10,8 @@ from typing import Any
 import yaml
 
 from .envvars import ExpandedText
-
-_NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-
-
-class OptionProblem(ValueError):
-    """One option is unknown, missing, of the wrong type or of a value the adapter refuses."""
-
-    def __init__(self, option: str | None, problem: str) -> None:
-        self.option = option
-        super().__init__(problem)
+from .errors import OptionProblem
+from .typehints import NAMED_KINDS, base_type, init_type_hints, members
 
 
 def check_options(cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -30,7 +21,7 @@ def check_options(cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
     wants a number or a boolean (``port: ${REDIS_PORT:-6379}``).
     """
     signature = inspect.signature(cls)
-    named = {n: p for n, p in signature.parameters.items() if p.kind in _NAMED}
+    named = {n: p for n, p in signature.parameters.items() if p.kind in NAMED_KINDS}
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
     hints = init_type_hints(cls)
     accepted = ", ".join(named) or "no options"
@@ -56,15 +47,6 @@ def check_options(cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
     return checked
 
 
-def init_type_hints(cls: type) -> dict[str, Any]:
-    """The annotations of ``cls.__init__``, resolved; empty when they cannot be."""
-    try:
-        hints: dict[str, Any] = typing.get_type_hints(cls.__init__)  # type: ignore[misc]
-        return hints
-    except Exception:  # noqa: BLE001 - unresolvable annotations only disable type checks
-        return {}
-
-
 def _from_environment(text: ExpandedText, annotation: Any) -> Any:
     """Read environment text as YAML would read a scalar, unless the option wants text."""
     if _matches(str(text), annotation):
@@ -79,15 +61,14 @@ def _from_environment(text: ExpandedText, annotation: Any) -> Any:
 def _matches(value: Any, annotation: Any) -> bool:
     if annotation is Any or isinstance(annotation, typing.TypeVar):
         return True
-    if annotation is None or annotation is type(None):
-        return value is None
-    origin = typing.get_origin(annotation)
-    if origin is typing.Union or origin is types.UnionType:
-        return any(_matches(value, arg) for arg in typing.get_args(annotation))
-    if origin is typing.Literal:
+    alternatives = members(annotation)
+    if len(alternatives) > 1:
+        return any(_matches(value, member) for member in alternatives)
+    if typing.get_origin(annotation) is typing.Literal:
         return value in typing.get_args(annotation)
-    if origin is not None:
-        annotation = origin
+    annotation = base_type(annotation)
+    if annotation is type(None):
+        return value is None
     if not isinstance(annotation, type):
         return True
     if annotation is float:
@@ -116,14 +97,12 @@ _NAMES = {
 
 
 def _describe(annotation: Any) -> str:
-    origin = typing.get_origin(annotation)
-    if origin is typing.Union or origin is types.UnionType:
-        return " or ".join(_describe(arg) for arg in typing.get_args(annotation))
-    if origin is typing.Literal:
+    alternatives = members(annotation)
+    if len(alternatives) > 1:
+        return " or ".join(_describe(member) for member in alternatives)
+    if typing.get_origin(annotation) is typing.Literal:
         return "one of " + ", ".join(repr(arg) for arg in typing.get_args(annotation))
-    base = origin or annotation
-    if base is None:
-        return "null"
+    base = base_type(annotation)
     for known, name in _NAMES.items():
         if base is known or (isinstance(base, type) and known in (dict, list) and issubclass(base, known)):
             return name

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import inspect
 import json
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
-from .options import init_type_hints
 from .specs import BUILTIN_MODULE_ALIASES
 from .storages import BUILTIN_STORAGES, builtin_storage_class
+from .typehints import NAMED_KINDS, base_type, init_type_hints, members
 
 SCHEMA_PATH = Path(__file__).with_name("storages.schema.json")
 
@@ -74,7 +72,7 @@ def _builtin_entry(class_name: str) -> dict[str, Any]:
     options: dict[str, Any] = {}
     required: list[str] = []
     for name, parameter in inspect.signature(cls).parameters.items():
-        if parameter.kind not in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+        if parameter.kind not in NAMED_KINDS:
             continue
         option = _type_schema(hints.get(name, Any))
         if parameter.default is not inspect.Parameter.empty and parameter.default is not None:
@@ -100,15 +98,13 @@ def _builtin_entry(class_name: str) -> dict[str, Any]:
 
 
 def _type_schema(annotation: Any) -> dict[str, Any]:
-    origin = typing.get_origin(annotation)
-    if origin is typing.Union or origin is types.UnionType:
-        kinds = [_type_schema(arg) for arg in typing.get_args(annotation)]
+    alternatives = members(annotation)
+    if len(alternatives) > 1:
+        kinds = [_type_schema(member) for member in alternatives]
         return {"type": [name for kind in kinds for name in kind.get("type", [])]}
-    if annotation is str:
-        return {"type": ["string"]}
-    if annotation is type(None):
+    base = base_type(annotation)
+    if base is type(None):
         return {"type": ["null"]}
-    base = origin or annotation
     if base in _JSON_TYPES:
         return {"type": [_JSON_TYPES[base]]}
     return {}

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+_MASK = "***"
+
 #: Option names whose values are secrets.
 _SECRET_NAME = re.compile(r"password|secret|token|access_key|credential", re.IGNORECASE)
 
@@ -34,3 +36,17 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
+
+
+def mask_url(url: str) -> str:
+    """``url`` with the password of its userinfo replaced by ``***`` (structurally, not by search)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if password is None:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return parts._replace(netloc=f"{user}:{_MASK}@{hostport}").geturl()

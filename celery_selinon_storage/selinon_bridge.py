@@ -21,14 +21,14 @@ from typing import Any
 
 from selinon import StoragePool, SystemState
 
-from . import lifecycle
+from . import state
 from .managed import ManagedStorage
 
 _selinons_lookup = StoragePool.__dict__["get_connected_storage"].__func__
 
 
 def _get_connected_storage(cls: type, storage_name: str) -> Any:
-    storages = lifecycle.started_storages()
+    storages = state.current()
     if storages is None:
         return _selinons_lookup(cls, storage_name)  # no managed storages here: Selinon's own way
     return storages.get(storage_name)
@@ -46,7 +46,7 @@ class ProcessLockPool:
         """The lock for ``lock_id`` (a flow or node name, or a storage); none for a managed storage."""
         if isinstance(lock_id, ManagedStorage):
             return contextlib.nullcontext()
-        if self._pid != os.getpid():  # forked: the parent's locks are not this process's
+        if not state.is_this_process(self._pid):  # forked: the parent's locks are not this process's
             self._pid, self._locks, self._lock = os.getpid(), {}, threading.Lock()
         with self._lock:
             lock = self._locks.get(lock_id)

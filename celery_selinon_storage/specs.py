@@ -12,22 +12,15 @@ from typing import Any
 from selinon import DataStorage
 
 from .envvars import InvalidReference, expand, has_reference
-from .errors import ConfigurationError
-from .options import OptionProblem, check_options
-from .retry import DEFAULT_RETRY, ExponentialBackoff, RetryPolicy
+from .errors import ConfigurationError, OptionProblem
+from .options import check_options
+from .retry import DEFAULT_RETRY, RetryPolicy, retry_policy
 from .storages import BUILTIN_STORAGES, builtin_storage_class
 from .storages.base import JsonStorage
 from .yaml_source import LocatedDict, LocatedList, duplicate_key, load_yaml_file
 
 #: Keys a storage entry may have (``cache`` is Selinon's and is accepted, not used here).
 ENTRY_KEYS = ("name", "classname", "import", "configuration", "cache", "retry")
-
-#: Keys of an entry's ``retry:`` mapping, with what each must be.
-RETRY_KEYS = {
-    "attempts": "a whole number of at least 1",
-    "backoff": "seconds, 0 or more",
-    "max_backoff": "seconds, 0 or more",
-}
 
 #: ``import:`` values that mean "the built-in adapters" (the first is what Selinon's docs write).
 BUILTIN_MODULE_ALIASES = frozenset(
@@ -163,30 +156,19 @@ def _parse_entry(entry: Any, line: int, source: str, environ: Mapping[str, str])
 
 def _retry_policy(value: Any, entry: LocatedDict, source: str, storage: str) -> RetryPolicy:
     """The entry's ``retry:`` mapping as a policy (absent: the default)."""
-    if value is None:
-        return DEFAULT_RETRY
-    if not isinstance(value, LocatedDict):
+    if value is not None and not isinstance(value, LocatedDict):
         raise ConfigurationError(
             "'retry:' must be a mapping with attempts, backoff and max_backoff",
             source=source, line=entry.line_of("retry"), storage=storage,
         )  # fmt: skip
-    for key, item in value.items():
-        ok = key in RETRY_KEYS and not isinstance(item, bool) and isinstance(item, (int, float))
-        ok = ok and item >= (1 if key == "attempts" else 0) and (key != "attempts" or isinstance(item, int))
-        if not ok:
-            problem = (
-                f"must be {RETRY_KEYS[key]}; fix its value"
-                if key in RETRY_KEYS
-                else f"unknown retry option; 'retry:' takes: {', '.join(RETRY_KEYS)}"
-            )
-            raise ConfigurationError(
-                problem, source=source, line=value.line_of(key), storage=storage, option=f"retry.{key}"
-            )
-    default = DEFAULT_RETRY.backoff
-    backoff = ExponentialBackoff(
-        float(value.get("backoff", default.base)), float(value.get("max_backoff", default.cap))
-    )
-    return RetryPolicy(attempts=int(value.get("attempts", DEFAULT_RETRY.attempts)), backoff=backoff)
+    try:
+        return retry_policy(value)
+    except OptionProblem as exc:
+        key = (exc.option or "").removeprefix("retry.")
+        line = value.line_of(key) if value is not None else entry.line_of("retry")
+        raise ConfigurationError(
+            str(exc), source=source, line=line, storage=storage, option=exc.option
+        ) from None
 
 
 def _refuse_duplicate_keys(

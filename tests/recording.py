@@ -136,7 +136,7 @@ class RecordingRedisStorage(RedisStorage):
 
     def store(self, node_args: Any, flow_name: str, task_name: str, task_id: str, result: Any) -> str:
         self._record("store", task_id, task_name=task_name)
-        return super().store(node_args, flow_name, task_name, task_id, result)
+        return str(super().store(node_args, flow_name, task_name, task_id, result))
 
     def retrieve(self, flow_name: str, task_name: str, task_id: str) -> Any:
         self._record("retrieve", task_id, task_name=task_name)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from celery_selinon_storage import ConfigurationError, load_storages
+from celery_selinon_storage import ConfigurationError
+from celery_selinon_storage.specs import load_storages
 from tests.workers import WorkerProcess
 
 CORPUS = Path(__file__).parent / "bad_yaml"

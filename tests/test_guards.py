@@ -7,14 +7,15 @@ import threading
 import pytest
 from celery.concurrency import get_implementation
 
-from celery_selinon_storage.guards import GuardKind, guard_kind_for_pool, make_guard, uses_child_processes
+from celery_selinon_storage.guards import GuardKind, make_guard, pool_traits
 
 
 @pytest.mark.parametrize(
     ("alias", "kind", "children"),
     [
-        ("prefork", GuardKind.NONE, True),
-        ("solo", GuardKind.NONE, False),
+        # prefork and solo run one task at a time, but a task may start threads of its own
+        ("prefork", GuardKind.THREAD, True),
+        ("solo", GuardKind.THREAD, False),
         ("threads", GuardKind.THREAD, False),
         ("eventlet", GuardKind.EVENTLET, False),
         ("gevent", GuardKind.GEVENT, False),
@@ -22,8 +23,9 @@ from celery_selinon_storage.guards import GuardKind, guard_kind_for_pool, make_g
 )
 def test_celery_pools(alias: str, kind: GuardKind, children: bool) -> None:
     pool_cls = get_implementation(alias)
-    assert guard_kind_for_pool(pool_cls) is kind
-    assert uses_child_processes(pool_cls) is children
+    traits = pool_traits(pool_cls)
+    assert traits.guard_kind is kind
+    assert traits.in_children is children
 
 
 def test_a_custom_pool_is_known_by_its_base_class() -> None:
@@ -33,12 +35,12 @@ def test_a_custom_pool_is_known_by_its_base_class() -> None:
     class MyPrefork(get_implementation("prefork")):  # type: ignore[misc]
         pass
 
-    assert guard_kind_for_pool(MyThreads) is GuardKind.THREAD
-    assert guard_kind_for_pool(MyPrefork) is GuardKind.NONE and uses_child_processes(MyPrefork)
+    assert pool_traits(MyThreads).guard_kind is GuardKind.THREAD
+    assert pool_traits(MyPrefork).guard_kind is GuardKind.THREAD and pool_traits(MyPrefork).in_children
 
 
 def test_an_unknown_pool_gets_a_thread_lock() -> None:
-    assert guard_kind_for_pool(object) is GuardKind.THREAD
+    assert pool_traits(object).guard_kind is GuardKind.THREAD
 
 
 def test_the_thread_guard_excludes_a_second_thread() -> None:

@@ -6,8 +6,8 @@ import pytest
 from celery import Celery
 from celery.exceptions import ImproperlyConfigured
 
-from celery_selinon_storage import STORAGES_ENV, STORAGES_SETTING, StorageStep, install
-from celery_selinon_storage.bootstep import storages_path
+from celery_selinon_storage import StorageStep, install
+from celery_selinon_storage.bootstep import STORAGES_ENV, STORAGES_SETTING, storages_path
 
 
 def test_install_adds_the_step_and_the_option() -> None:

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from celery_selinon_storage import (
-    ManagedStorage,
     MissingResultError,
     StorageClosedError,
     StorageNotFoundError,
@@ -19,7 +18,9 @@ from celery_selinon_storage import (
     get_storage,
     open_storages,
 )
+from celery_selinon_storage.errors import StoragesAlreadyStartedError
 from celery_selinon_storage.guards import GuardKind
+from celery_selinon_storage.managed import ManagedStorage
 
 STORAGES = """\
 storages:
@@ -63,7 +64,7 @@ def test_an_unknown_name_lists_the_storages_that_exist(storages_file: Path) -> N
 def test_starting_twice_in_one_process_is_refused(storages_file: Path) -> None:
     with (
         open_storages(storages_file),
-        pytest.raises(StoragesNotStartedError, match="already started"),
+        pytest.raises(StoragesAlreadyStartedError, match="already started"),
         open_storages(storages_file),
     ):
         pass
@@ -141,7 +142,7 @@ def test_close_waits_for_a_running_call_and_cold_close_does_not(storages_file: P
         done = threading.Event()
 
         def close() -> None:
-            sql.close()
+            sql.shut_down()
             done.set()
 
         closer = threading.Thread(target=close)
@@ -152,4 +153,4 @@ def test_close_waits_for_a_running_call_and_cold_close_does_not(storages_file: P
         assert not sql.is_connected()
 
         memory_like = get_storage("Sql")
-        assert memory_like.close(timeout=0.01) is True  # already closed: nothing to wait for
+        assert memory_like.shut_down(timeout=0.01) is True  # already closed: nothing to wait for

@@ -9,7 +9,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from celery_selinon_storage import ConfigurationError, StorageSpec, load_storages
+from celery_selinon_storage import ConfigurationError
+from celery_selinon_storage.specs import StorageSpec, load_storages
 
 KEYS = ["storages", "name", "classname", "import", "configuration", "cache", "connection_string", "echo",
         "table_name", "host", "port", "ttl", "url", "<<", "max_records", "db_name", "bucket", "x"]  # fmt: skip

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from celery_selinon_storage import ConfigurationError, StorageUnavailableError, load_storages
+from celery_selinon_storage import ConfigurationError, StorageUnavailableError
 from celery_selinon_storage.guards import GuardKind
 from celery_selinon_storage.managed import ManagedStorage
-from celery_selinon_storage.retry import ExponentialBackoff, RetriesExhausted, RetryPolicy
+from celery_selinon_storage.retry import FullJitterBackoff, RetriesExhausted, RetryPolicy
+from celery_selinon_storage.specs import load_storages
 from celery_selinon_storage.storages.memory import InMemoryStorage
 
 
@@ -35,10 +36,10 @@ class FlakyStorage(InMemoryStorage):
         if self.failures:
             self.failures -= 1
             raise ConnectionError("server went away")
-        return super().store(*args)
+        return str(super().store(*args))
 
 
-FAST = RetryPolicy(attempts=3, backoff=ExponentialBackoff(base=0.001, cap=0.002))
+FAST = RetryPolicy(attempts=3, backoff=FullJitterBackoff(base=0.001, cap=0.002))
 
 
 def managed(failures: int) -> ManagedStorage:
@@ -81,9 +82,9 @@ def test_the_policy_stops_after_its_attempts_and_backs_off_within_its_cap() -> N
         raise TimeoutError
 
     with pytest.raises(RetriesExhausted) as caught:
-        RetryPolicy(attempts=4, backoff=ExponentialBackoff(0.001, 0.001)).call(failing, lambda e: True)
+        RetryPolicy(attempts=4, backoff=FullJitterBackoff(0.001, 0.001)).call(failing, lambda e: True)
     assert len(calls) == 4 and caught.value.attempts == 4
-    backoff = ExponentialBackoff(base=0.1, cap=0.3)
+    backoff = FullJitterBackoff(base=0.1, cap=0.3)
     assert all(
         0 <= backoff.compute(n) <= min(0.3, 0.1 * 2 ** (n - 1)) for n in range(1, 8) for _ in range(50)
     )
@@ -97,7 +98,7 @@ def write(tmp_path: Path, retry: str) -> Path:
 
 def test_retry_is_configured_per_storage(tmp_path: Path) -> None:
     [spec] = load_storages(write(tmp_path, "{attempts: 5, backoff: 0.2, max_backoff: 3}"))
-    assert spec.retry == RetryPolicy(attempts=5, backoff=ExponentialBackoff(base=0.2, cap=3.0))
+    assert spec.retry == RetryPolicy(attempts=5, backoff=FullJitterBackoff(base=0.2, cap=3.0))
 
 
 @pytest.mark.parametrize(
@@ -105,13 +106,17 @@ def test_retry_is_configured_per_storage(tmp_path: Path) -> None:
     [
         (
             "{attempts: 0}",
-            "storage 'M', option 'retry.attempts': must be a whole number of at least 1; fix its value",
+            "storage 'M', option 'retry.attempts': must be a whole number from 1 to 20; fix its value",
         ),
         (
             "{attempts: 2.5}",
-            "storage 'M', option 'retry.attempts': must be a whole number of at least 1; fix its value",
+            "storage 'M', option 'retry.attempts': must be a whole number from 1 to 20; fix its value",
         ),
-        ("{backoff: -1}", "storage 'M', option 'retry.backoff': must be seconds, 0 or more; fix its value"),
+        ("{backoff: -1}", "storage 'M', option 'retry.backoff': must be seconds from 0 to 60; fix its value"),
+        # a delay too long to sleep (OverflowError in time.sleep) is refused when the file is read
+        ("{backoff: 1e308}", "storage 'M', option 'retry.backoff': must be seconds from 0 to 60; fix its value"),
+        ("{max_backoff: .inf}", "storage 'M', option 'retry.max_backoff': must be seconds from 0 to 60; fix its value"),
+        ("{attempts: 1000000}", "storage 'M', option 'retry.attempts': must be a whole number from 1 to 20; fix its value"),
         (
             "{tries: 3}",
             "storage 'M', option 'retry.tries': unknown retry option; 'retry:' takes: attempts, backoff, max_backoff",
@@ -168,7 +173,7 @@ class OneConnectionStorage(InMemoryStorage):
             if task_id.startswith("fail"):
                 raise ConnectionError("server went away")
             time.sleep(0.05)
-            return super().store(node_args, flow_name, task_name, task_id, result)
+            return str(super().store(node_args, flow_name, task_name, task_id, result))
         finally:
             self.in_call = False
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from celery_selinon_storage import load_storages
+from celery_selinon_storage.specs import load_storages
 from tests.own_servers import OwnRedis
 from tests.servers import free_port
 from tests.worker_app import store_in

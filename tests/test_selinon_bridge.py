@@ -7,7 +7,8 @@ from pathlib import Path
 
 from selinon import StoragePool, SystemState
 
-from celery_selinon_storage import ManagedStorage, open_storages
+from celery_selinon_storage import open_storages
+from celery_selinon_storage.managed import ManagedStorage
 from celery_selinon_storage.selinon_bridge import ProcessLockPool, bridge_selinon
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from celery_selinon_storage import ConfigurationError, load_storages
+from celery_selinon_storage import ConfigurationError
+from celery_selinon_storage.specs import load_storages
 from celery_selinon_storage.storages.memory import InMemoryStorage
 from celery_selinon_storage.storages.sql import SqlStorage
 

@@ -49,12 +49,12 @@ def test_postgresql_keeps_results_in_jsonb_with_a_unique_task_id(postgres_url: s
     storage = SqlStorage(postgres_url, table_name=unique)
     storage.connect()
     try:
-        inspector = sa.inspect(storage._connection)
+        inspector = sa.inspect(storage.handle().connection)
         columns = {column["name"]: str(column["type"]) for column in inspector.get_columns(unique)}
         assert columns["result"] == "JSONB" and columns["node_args"] == "JSONB"
         assert inspector.get_pk_constraint(unique)["constrained_columns"] == ["task_id"]
     finally:
-        storage._connection.exec_driver_sql(f"DROP TABLE {unique}")
+        storage.handle().connection.exec_driver_sql(f"DROP TABLE {unique}")
         storage.disconnect()
 
 
@@ -125,7 +125,7 @@ def test_which_sql_drivers_let_the_hub_run_during_a_query(
         def query():
             storage = storages.pop()
             storage.connect()
-            storage._connection.exec_driver_sql({sleep!r})
+            storage.handle().connection.exec_driver_sql({sleep!r})
             storage.disconnect()
         start = time.monotonic()
         {spawn}
@@ -214,7 +214,7 @@ def test_mongo_retrieve_is_one_round_trip(mongo_uri: str, unique: str) -> None:
         storage.store(None, "f", "t", "one", {"a": 2})
         assert counter.commands == ["find", "update"]  # one each: no count before the read
     finally:
-        storage._collection.drop()
+        storage._collection().drop()
         storage.disconnect()
 
 
@@ -244,15 +244,15 @@ def test_s3_creates_its_bucket_in_any_region_and_keeps_the_documented_key_layout
     try:
         key = storage.store(None, "flow1", "task1", "abc", {"x": 1})
         assert key == "selinon/abc.json"
-        head = storage._client.head_object(Bucket=bucket, Key=key)
+        head = storage.handle().head_object(Bucket=bucket, Key=key)
         assert head["ContentType"] == "application/json"
         assert head["Metadata"] == {"flow-name": "flow1", "task-name": "task1"}
-        location = storage._client.get_bucket_location(Bucket=bucket)["LocationConstraint"]
+        location = storage.handle().get_bucket_location(Bucket=bucket)["LocationConstraint"]
         assert location == (None if region in (None, "us-east-1") else region)
         _s3(s3_endpoint, bucket, region).connect()  # a second process finding the bucket is fine
     finally:
-        storage._client.delete_object(Bucket=bucket, Key="selinon/abc.json")
-        storage._client.delete_bucket(Bucket=bucket)
+        storage.handle().delete_object(Bucket=bucket, Key="selinon/abc.json")
+        storage.handle().delete_bucket(Bucket=bucket)
         storage.disconnect()
 
 
@@ -282,7 +282,7 @@ def test_mariadb_refuses_a_result_beyond_max_allowed_packet_clearly_and_keeps_wo
         storage.store(None, "f", "t", "small", [1])
         assert storage.retrieve("f", "t", "small") == [1]
     finally:
-        storage._connection.exec_driver_sql(f"DROP TABLE {unique}")
+        storage.handle().connection.exec_driver_sql(f"DROP TABLE {unique}")
         storage.disconnect()
 
 
@@ -297,5 +297,5 @@ def test_mongo_refuses_a_result_beyond_16_mib_clearly(mongo_uri: str, unique: st
         ):
             storage.store(None, "f", "t", "huge", "x" * (17 * 1024 * 1024))
     finally:
-        storage._collection.drop()
+        storage._collection().drop()
         storage.disconnect()

@@ -74,5 +74,5 @@ storages:
                     "i": i,
                     "text": "ž" * i,
                 }
-        opened.get("Postgres").adapter._connection.exec_driver_sql(f"DROP TABLE {unique}")
-        opened.get("MariaDB").adapter._connection.exec_driver_sql(f"DROP TABLE {unique}")
+        opened.get("Postgres").adapter.handle().connection.exec_driver_sql(f"DROP TABLE {unique}")
+        opened.get("MariaDB").adapter.handle().connection.exec_driver_sql(f"DROP TABLE {unique}")

@@ -1,42 +1,52 @@
-"""The built-in adapters; each driver is imported only when its adapter is used."""
+"""The built-in adapters, declared in one registry; each driver is imported only when its adapter is used."""
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
-if TYPE_CHECKING:
-    from .memory import InMemoryStorage
-    from .mongo import MongoStorage
-    from .redis import RedisStorage
-    from .s3 import S3Storage
-    from .sql import SqlStorage
+from ..errors import MissingDriverError
 
-#: Class name -> module (relative to this package) that defines it.
-BUILTIN_STORAGES: dict[str, str] = {
-    "InMemoryStorage": ".memory",
-    "SqlStorage": ".sql",
-    "RedisStorage": ".redis",
-    "MongoStorage": ".mongo",
-    "S3Storage": ".s3",
+
+@dataclass(frozen=True)
+class Builtin:
+    """A built-in adapter: the module that defines it, the driver it needs and the extra that installs it."""
+
+    module: str
+    driver: str | None = None
+    extra: str | None = None
+
+
+#: Class name -> where it lives and what it needs. The JSON Schema, the ``[extras]`` of pyproject.toml
+#: (a test compares them) and the contract tests follow from this table.
+BUILTIN_STORAGES: dict[str, Builtin] = {
+    "InMemoryStorage": Builtin(".memory"),
+    "SqlStorage": Builtin(".sql", driver="sqlalchemy", extra="sql"),
+    "RedisStorage": Builtin(".redis", driver="redis", extra="redis"),
+    "MongoStorage": Builtin(".mongo", driver="pymongo", extra="mongo"),
+    "S3Storage": Builtin(".s3", driver="boto3", extra="s3"),
 }
-
-__all__ = [
-    "BUILTIN_STORAGES",
-    "InMemoryStorage",
-    "MongoStorage",
-    "RedisStorage",
-    "S3Storage",
-    "SqlStorage",
-    "builtin_storage_class",
-]
 
 
 def builtin_storage_class(name: str) -> type:
-    """Import and return the built-in adapter class called ``name``."""
-    module = importlib.import_module(BUILTIN_STORAGES[name], __name__)
+    """Import and return the built-in adapter class called ``name``, or ``MissingDriverError``."""
+    builtin = BUILTIN_STORAGES[name]
+    if builtin.driver is not None:
+        require(builtin.driver, builtin.extra or "all")
+    module = importlib.import_module(builtin.module, __name__)
     cls: type = getattr(module, name)
     return cls
+
+
+def require(driver: str, extra: str) -> None:
+    """Import ``driver``; if it is missing, say which ``pip install`` adds it."""
+    try:
+        importlib.import_module(driver)
+    except ImportError:
+        raise MissingDriverError(
+            f"{driver} is not installed; pip install 'celery-selinon-storage[{extra}]'"
+        ) from None
 
 
 def __getattr__(name: str) -> Any:

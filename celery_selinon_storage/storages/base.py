@@ -1,17 +1,57 @@
-"""What every built-in adapter shares: its name in messages, strict JSON and error records."""
+"""The template every built-in adapter follows.
+
+``JsonStorage`` does the work that is the same everywhere: it checks task ids and names and encodes
+the result *before* any I/O, turns "nothing there" into ``MissingResultError``, records errors, and
+connects as open, verify, close-on-failure. An adapter supplies the backend's part: ``_open``,
+``_verify``, ``_close`` for its connection (a "handle"), and ``_write``, ``_read``, ``_remove`` for
+one record.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from selinon import DataStorage
 
-from ..errors import MissingResultError, ResultNotSerializableError
+from ..errors import (
+    InvalidRecordError,
+    MissingResultError,
+    OptionProblem,
+    ResultNotSerializableError,
+    StorageError,
+)
 
+T = TypeVar("T")
+R = TypeVar("R")
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+#: Longest task id, flow name or task name, in characters, on every backend (SQL columns hold 255).
+MAX_KEY_LENGTH = 255
+
+#: Characters no id or name may hold: C0 controls (NUL, CR, LF, ...) and DEL.
+_CONTROL = frozenset(chr(code) for code in (*range(0x20), 0x7F))
+
+#: Strict, compact JSON: NaN and infinities are refused (no JSON parser outside Python reads them).
+#: Built once: ``json.dumps`` with options makes a new encoder on every call.
+to_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+@dataclass(frozen=True)
+class Record:
+    """One checked record, ready to write: its keys and its result as JSON text and UTF-8 bytes."""
+
+    task_id: str
+    flow_name: str
+    task_name: str
+    node_args: Any
+    text: str
+    data: bytes
 
 
 class JsonStorage(DataStorage):  # type: ignore[misc]
@@ -23,6 +63,9 @@ class JsonStorage(DataStorage):  # type: ignore[misc]
     #: The storage's name from the YAML; set by the lifecycle, used in messages.
     storage_name: str = ""
 
+    #: The open connection (or client), None while disconnected.
+    _handle: Any = None
+
     def __del__(self) -> None:
         """Disconnecting is the lifecycle's job, never the garbage collector's."""
 
@@ -31,20 +74,66 @@ class JsonStorage(DataStorage):  # type: ignore[misc]
         """The name to use in messages."""
         return self.storage_name or type(self).__name__
 
-    def not_connected(self) -> ConnectionError:
-        """The error for a call before ``connect`` or after ``disconnect``."""
-        return ConnectionError(f"storage {self.label!r} is not connected")
+    # -- connection template ------------------------------------------------------------------
 
-    def missing(self, task_id: str) -> MissingResultError:
-        """The error for a task id with no record."""
-        return MissingResultError(self.label, task_id)
-
-    def dumps(self, task_id: str, value: Any) -> str:
-        """``value`` as strict JSON text, or ``ResultNotSerializableError``."""
+    def connect(self) -> None:
+        """Open a connection and check that the server answers; on any failure close what was opened."""
+        if self._handle is not None:
+            return
+        handle = self._open()
         try:
-            return to_json(value)
-        except (TypeError, ValueError) as exc:
-            raise ResultNotSerializableError(self.label, task_id, str(exc)) from None
+            self._verify(handle)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._close(handle)
+            raise
+        self._handle = handle
+
+    def is_connected(self) -> bool:
+        return self._handle is not None
+
+    def disconnect(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            self._close(handle)
+
+    def handle(self) -> Any:
+        """The open connection, or the "not connected" error."""
+        if self._handle is None:
+            raise ConnectionError(f"storage {self.label!r} is not connected")
+        return self._handle
+
+    def _open(self) -> Any:
+        """A new connection (or client) to the backend."""
+        raise NotImplementedError
+
+    def _verify(self, handle: Any) -> None:
+        """Check that the server answers (and prepare what the calls need); raise if it does not."""
+
+    def _close(self, handle: Any) -> None:
+        """Close a connection made by ``_open``."""
+        handle.close()
+
+    # -- record template ----------------------------------------------------------------------
+
+    def store(self, node_args: Any, flow_name: str, task_name: str, task_id: str, result: Any) -> Any:
+        """Store ``result`` under ``task_id`` (replacing any earlier one); returns the record's id."""
+        record = self.record(node_args, flow_name, task_name, task_id, result)
+        return self._exchange(self._write, record)
+
+    def retrieve(self, flow_name: str, task_name: str, task_id: str) -> Any:
+        """The result stored under ``task_id``, or ``MissingResultError``."""
+        self.check_keys(task_id, flow_name, task_name)
+        found = self._exchange(self._read, task_id)
+        if found is None:
+            raise MissingResultError(self.label, task_id)
+        return json.loads(found)
+
+    def delete(self, flow_name: str, task_name: str, task_id: str) -> None:
+        """Delete the record of ``task_id``, or ``MissingResultError`` when there is none."""
+        self.check_keys(task_id, flow_name, task_name)
+        if not self._exchange(self._remove, task_id):
+            raise MissingResultError(self.label, task_id)
 
     def store_error(
         self, node_args: Any, flow_name: str, task_name: str, task_id: str, exc_info: ExcInfo
@@ -52,32 +141,103 @@ class JsonStorage(DataStorage):  # type: ignore[misc]
         """Record the failure (type, message, traceback text) in place of a result."""
         return self.store(node_args, flow_name, task_name, task_id, {"error": error_record(exc_info)})
 
+    def _exchange(self, io: Callable[[T], R], argument: T) -> R:
+        """One exchange with the server. One that fails part-way leaves the connection in an unknown
+        state (a lost server, a time limit, a killed greenlet), so a single connection is discarded;
+        the next call opens a new one. Pooled clients discard their broken connections themselves."""
+        try:
+            return io(argument)
+        except StorageError:
+            raise  # refused before anything was sent, or a whole exchange that found nothing
+        except BaseException:
+            if not self.concurrency_safe:
+                with contextlib.suppress(Exception):
+                    self.disconnect()
+            raise
 
-#: Strict, compact JSON: NaN and infinities are refused (no JSON parser outside Python reads them).
-#: Built once: ``json.dumps`` with options makes a new encoder on every call.
-to_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+    def _write(self, record: Record) -> Any:
+        """Write ``record`` (an upsert by task id); returns the record's id in the backend."""
+        raise NotImplementedError
+
+    def _read(self, task_id: str) -> str | bytes | None:
+        """The stored JSON of ``task_id``, or None."""
+        raise NotImplementedError
+
+    def _remove(self, task_id: str) -> bool:
+        """Delete the record of ``task_id``; whether there was one."""
+        raise NotImplementedError
+
+    # -- checks before any I/O ----------------------------------------------------------------
+
+    def record(self, node_args: Any, flow_name: str, task_name: str, task_id: str, result: Any) -> Record:
+        """The checked, encoded record, or ``InvalidRecordError``; nothing is sent before this."""
+        self.check_keys(task_id, flow_name, task_name)
+        text = self.dumps(task_id, result)
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ResultNotSerializableError(
+                self.label, task_id, f"it holds text that is not valid Unicode ({_position(exc)})"
+            ) from None
+        return Record(task_id, flow_name, task_name, node_args, text, data)
+
+    def check_keys(self, task_id: Any, flow_name: Any, task_name: Any) -> None:
+        """Ids and names are text of at most 255 characters, with no control characters."""
+        for what, value in (("task id", task_id), ("flow name", flow_name), ("task name", task_name)):
+            problem = _key_problem(value)
+            if problem is None and what == "task id" and not value:
+                problem = "it is empty"
+            if problem is not None:
+                raise InvalidRecordError(
+                    f"storage {self.label!r} refuses {what} {_shown(value)}: {problem}; "
+                    f"use text of at most {MAX_KEY_LENGTH} characters without control characters"
+                )
+
+    def dumps(self, task_id: str, value: Any) -> str:
+        """``value`` as strict JSON text, or ``ResultNotSerializableError``."""
+        try:
+            return to_json(value)
+        except RecursionError:
+            reason = "it is nested too deeply for JSON"
+        except (TypeError, ValueError) as exc:
+            reason = str(exc)
+        raise ResultNotSerializableError(self.label, task_id, reason)
 
 
-class ClientStorage(JsonStorage):
-    """An adapter whose connection is one thread-safe driver client (its pool inside): connected while
-    it holds one; disconnecting closes it."""
+def _key_problem(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"it is {type(value).__name__}, not text"
+    if len(value) > MAX_KEY_LENGTH:
+        return f"it has {len(value)} characters"
+    if not _CONTROL.isdisjoint(value):
+        return "it holds a control character"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"it is not valid Unicode ({_position(exc)})"
+    return None
 
-    concurrency_safe = True
-    _client: Any = None
 
-    def is_connected(self) -> bool:
-        return self._client is not None
+def _shown(value: Any) -> str:
+    """A short, printable rendering of a refused id or name (never the whole of a long one)."""
+    shown = ascii(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
 
-    def disconnect(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()
 
-    def client(self) -> Any:
-        """The connected client, or the "not connected" error."""
-        if self._client is None:
-            raise self.not_connected()
-        return self._client
+def _position(error: UnicodeEncodeError) -> str:
+    return f"lone surrogate U+{ord(error.object[error.start]):04X} at character {error.start}"
+
+
+def require_utf8(option: str, value: str) -> None:
+    """Results are UTF-8 JSON: an ``encoding``/``charset`` option may only say so."""
+    if value.replace("-", "").replace("_", "").lower() != "utf8":
+        raise OptionProblem(option, f"{value!r} is not supported; results are stored as UTF-8 JSON")
+
+
+def require_positive(option: str, value: float | None, what: str) -> None:
+    """A number option that must be above zero when given."""
+    if value is not None and value <= 0:
+        raise OptionProblem(option, f"must be a positive {what}, or null")
 
 
 def error_record(exc_info: ExcInfo) -> dict[str, str]:
@@ -85,6 +245,11 @@ def error_record(exc_info: ExcInfo) -> dict[str, str]:
     exc_type, exc, tb = exc_info
     return {
         "type": f"{exc_type.__module__}.{exc_type.__qualname__}",
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc_type, exc, tb)),
+        "message": _storable(str(exc)),
+        "traceback": _storable("".join(traceback.format_exception(exc_type, exc, tb))),
     }
+
+
+def _storable(text: str) -> str:
+    """Error text as valid Unicode (a lone surrogate in a message must not make the record unstorable)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from .base import JsonStorage
+from ..errors import OptionProblem
+from .base import JsonStorage, Record
 
 
 class InMemoryStorage(JsonStorage):
@@ -14,41 +14,30 @@ class InMemoryStorage(JsonStorage):
     concurrency_safe = True  # dict operations are atomic; nothing waits on I/O
 
     def __init__(self, max_records: int | None = None) -> None:
+        if max_records is not None and max_records < 1:
+            raise OptionProblem("max_records", "must be at least 1, or null for no limit")
         self.max_records = max_records
-        self._records: dict[str, str] | None = None
 
     def __repr__(self) -> str:
         return f"InMemoryStorage(max_records={self.max_records!r})"
 
-    def connect(self) -> None:
-        if self._records is None:
-            self._records = {}
+    def _open(self) -> dict[str, str]:
+        return {}
 
-    def is_connected(self) -> bool:
-        return self._records is not None
+    def _close(self, handle: Any) -> None:
+        handle.clear()
 
-    def disconnect(self) -> None:
-        self._records = None
+    def _write(self, record: Record) -> str:
+        records: dict[str, str] = self.handle()
+        if self.max_records is not None and record.task_id not in records:
+            while len(records) >= self.max_records:
+                records.pop(next(iter(records)))  # oldest first
+        records[record.task_id] = record.text
+        return record.task_id
 
-    def store(self, node_args: Any, flow_name: str, task_name: str, task_id: str, result: Any) -> str:
-        records = self._connected()
-        text = self.dumps(task_id, result)
-        if self.max_records is not None and task_id not in records and len(records) >= self.max_records:
-            records.pop(next(iter(records)))  # oldest first
-        records[task_id] = text
-        return task_id
+    def _read(self, task_id: str) -> str | None:
+        found: str | None = self.handle().get(task_id)
+        return found
 
-    def retrieve(self, flow_name: str, task_name: str, task_id: str) -> Any:
-        try:
-            return json.loads(self._connected()[task_id])
-        except KeyError:
-            raise self.missing(task_id) from None
-
-    def delete(self, flow_name: str, task_name: str, task_id: str) -> None:
-        if self._connected().pop(task_id, None) is None:
-            raise self.missing(task_id)
-
-    def _connected(self) -> dict[str, str]:
-        if self._records is None:
-            raise self.not_connected()
-        return self._records
+    def _remove(self, task_id: str) -> bool:
+        return self.handle().pop(task_id, None) is not None

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from .drivers import require
+import pymongo
+import pymongo.errors
+import pymongo.uri_parser
 
-require("pymongo", "mongo")
-
-import pymongo  # noqa: E402
-import pymongo.errors  # noqa: E402
-import pymongo.uri_parser  # noqa: E402
-
-from ..errors import ResultTooLargeError  # noqa: E402
-from ..options import OptionProblem  # noqa: E402
-from .base import JsonStorage  # noqa: E402
+from ..errors import OptionProblem, ResultTooLargeError
+from .base import JsonStorage, Record
 
 _MAX_BSON = 16 * 1024 * 1024
 
@@ -71,8 +65,6 @@ class MongoStorage(JsonStorage):
         else:
             self._target = f"mongodb://{host}:{port}"
             self._hosts = f"{host}:{port}"
-        self._client: Any = None
-        self._collection: Any = None
 
     def __repr__(self) -> str:
         return (
@@ -80,45 +72,32 @@ class MongoStorage(JsonStorage):
             f"collection_name={self.collection_name!r})"
         )
 
-    def connect(self) -> None:
-        client: Any = pymongo.MongoClient(self._hosts, **self._client_options)
+    def _open(self) -> Any:
+        return pymongo.MongoClient(self._hosts, **self._client_options)
+
+    def _verify(self, handle: Any) -> None:
+        handle.admin.command("ping")
+
+    def _collection(self) -> Any:
+        return self.handle()[self.db_name][self.collection_name]
+
+    def _write(self, record: Record) -> str:
+        document = {
+            "_id": record.task_id,
+            "flow_name": record.flow_name,
+            "task_name": record.task_name,
+            "result": record.text,
+        }
         try:
-            client.admin.command("ping")
-        except BaseException:
-            client.close()
-            raise
-        self._client = client
-        self._collection = client[self.db_name][self.collection_name]
-
-    def is_connected(self) -> bool:
-        return self._client is not None
-
-    def disconnect(self) -> None:
-        client, self._client, self._collection = self._client, None, None
-        if client is not None:
-            client.close()
-
-    def store(self, node_args: Any, flow_name: str, task_name: str, task_id: str, result: Any) -> str:
-        text = self.dumps(task_id, result)
-        document = {"_id": task_id, "flow_name": flow_name, "task_name": task_name, "result": text}
-        try:
-            self._connected().replace_one({"_id": task_id}, document, upsert=True)
+            self._collection().replace_one({"_id": record.task_id}, document, upsert=True)
         except pymongo.errors.DocumentTooLarge:
             hint = "MongoDB documents hold at most 16 MiB: store less"
-            raise ResultTooLargeError(self.label, task_id, len(text.encode()), _MAX_BSON, hint) from None
-        return task_id
+            raise ResultTooLargeError(self.label, record.task_id, len(record.data), _MAX_BSON, hint) from None
+        return record.task_id
 
-    def retrieve(self, flow_name: str, task_name: str, task_id: str) -> Any:
-        found = self._connected().find_one({"_id": task_id}, {"result": 1})
-        if found is None:
-            raise self.missing(task_id)
-        return json.loads(found["result"])
+    def _read(self, task_id: str) -> str | None:
+        found = self._collection().find_one({"_id": task_id}, {"result": 1})
+        return None if found is None else str(found["result"])
 
-    def delete(self, flow_name: str, task_name: str, task_id: str) -> None:
-        if self._connected().delete_one({"_id": task_id}).deleted_count == 0:
-            raise self.missing(task_id)
-
-    def _connected(self) -> Any:
-        if self._collection is None:
-            raise self.not_connected()
-        return self._collection
+    def _remove(self, task_id: str) -> bool:
+        return bool(self._collection().delete_one({"_id": task_id}).deleted_count)

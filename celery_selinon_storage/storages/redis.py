@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
-from urllib.parse import urlsplit
 
-from .drivers import require
+import redis
 
-require("redis", "redis")
-
-import redis  # noqa: E402
-
-from ..options import OptionProblem  # noqa: E402
-from .base import ClientStorage  # noqa: E402
+from ..secrets import mask_url
+from .base import JsonStorage, Record, require_positive, require_utf8
 
 
-class RedisStorage(ClientStorage):
+class RedisStorage(JsonStorage):
     """Results under ``{key_prefix}{task_id}``, optionally expiring after ``ttl`` seconds.
 
     One round trip per call (``SET … EX``, ``GET``, ``DEL``). redis-py's client and its connection
     pool are thread-safe, and green under eventlet's and gevent's monkey-patching.
     """
 
+    concurrency_safe = True
     transient_errors = (redis.ConnectionError, redis.TimeoutError, ConnectionError)
 
     def __init__(
@@ -43,10 +38,8 @@ class RedisStorage(ClientStorage):
         ttl: int | None = None,
         max_connections: int | None = None,
     ) -> None:
-        if charset.replace("-", "").lower() != "utf8":
-            raise OptionProblem("charset", f"{charset!r} is not supported; results are stored as UTF-8 JSON")
-        if ttl is not None and ttl <= 0:
-            raise OptionProblem("ttl", "must be a positive number of seconds, or null for no expiry")
+        require_utf8("charset", charset)
+        require_positive("ttl", ttl, "number of seconds")
         self.key_prefix = key_prefix
         self.ttl = ttl
         self._client_options: dict[str, Any] = {
@@ -54,52 +47,36 @@ class RedisStorage(ClientStorage):
             "socket_connect_timeout": socket_connect_timeout,
             "max_connections": max_connections,
         }
+        self._url = url
         if url is not None:
-            self._url: str | None = url
-            self._target = _masked(url)
+            self._target = mask_url(url)
         else:
-            scheme = "rediss" if ssl else "redis"
-            self._url = None
-            self._target = f"{scheme}://{host}:{port}/{db}"
+            self._target = f"{'rediss' if ssl else 'redis'}://{host}:{port}/{db}"
             self._client_options.update(
                 host=host, port=port, db=db, password=password, username=username, ssl=ssl
             )
             if ssl_ca_certs:
                 self._client_options["ssl_ca_certs"] = ssl_ca_certs
-        self._client: redis.Redis | None = None
 
     def __repr__(self) -> str:
         return f"RedisStorage({self._target!r}, key_prefix={self.key_prefix!r}, ttl={self.ttl!r})"
 
-    def connect(self) -> None:
-        client = (
-            redis.Redis.from_url(self._url, **self._client_options)
-            if self._url
-            else redis.Redis(**self._client_options)
-        )
-        client.ping()
-        self._client = client
+    def _open(self) -> redis.Redis:
+        if self._url:
+            return redis.Redis.from_url(self._url, **self._client_options)
+        return redis.Redis(**self._client_options)
 
-    def store(self, node_args: Any, flow_name: str, task_name: str, task_id: str, result: Any) -> str:
-        key = self.key_prefix + task_id
-        self.client().set(key, self.dumps(task_id, result), ex=self.ttl)
+    def _verify(self, handle: redis.Redis) -> None:
+        handle.ping()
+
+    def _write(self, record: Record) -> str:
+        key = self.key_prefix + record.task_id
+        self.handle().set(key, record.data, ex=self.ttl)
         return key
 
-    def retrieve(self, flow_name: str, task_name: str, task_id: str) -> Any:
-        found = self.client().get(self.key_prefix + task_id)
-        if found is None:
-            raise self.missing(task_id)
-        return json.loads(found)
+    def _read(self, task_id: str) -> bytes | None:
+        found: bytes | None = self.handle().get(self.key_prefix + task_id)
+        return found
 
-    def delete(self, flow_name: str, task_name: str, task_id: str) -> None:
-        if not self.client().delete(self.key_prefix + task_id):
-            raise self.missing(task_id)
-
-
-def _masked(url: str) -> str:
-    """``url`` without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    def _remove(self, task_id: str) -> bool:
+        return bool(self.handle().delete(self.key_prefix + task_id))

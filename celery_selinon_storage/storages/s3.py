@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import contextlib
-import json
+import logging
 from typing import Any
+from urllib.parse import quote, urlsplit
 
-from .drivers import require
+import boto3
+import botocore.config
+import botocore.exceptions
 
-require("boto3", "s3")
-
-import boto3  # noqa: E402
-import botocore.config  # noqa: E402
-import botocore.exceptions  # noqa: E402
-
-from ..options import OptionProblem  # noqa: E402
-from .base import ClientStorage  # noqa: E402
+from ..errors import OptionProblem
+from .base import JsonStorage, Record
 
 #: S3 refuses a LocationConstraint for its default region: the bucket is created without one there.
 _DEFAULT_REGION = "us-east-1"
 
+#: botocore logs request headers, the access key id among them, at DEBUG: these loggers are kept at
+#: INFO unless the user set a level for them.
+_CHATTY_LOGGERS = ("botocore", "boto3", "s3transfer")
 
-class S3Storage(ClientStorage):
+
+class S3Storage(JsonStorage):
     """Objects at ``{key_prefix}{task_id}.json`` (content type ``application/json``), flow and task
     names as object metadata. The bucket is created at connect if absent, in any region.
 
@@ -29,6 +30,7 @@ class S3Storage(ClientStorage):
     missing keys silently). boto3 clients are thread-safe.
     """
 
+    concurrency_safe = True
     transient_errors = (
         botocore.exceptions.ConnectionError,
         botocore.exceptions.HTTPClientError,
@@ -53,6 +55,11 @@ class S3Storage(ClientStorage):
         read_timeout: float = 30.0,
         max_pool_connections: int = 10,
     ) -> None:
+        if endpoint_url is not None and urlsplit(endpoint_url).username is not None:
+            raise OptionProblem(
+                "endpoint_url",
+                "holds credentials; put them in aws_access_key_id and aws_secret_access_key instead",
+            )
         if bool(bucket) == bool(bucket_name):
             raise OptionProblem(
                 "bucket", "give the bucket's name once, as bucket: (bucket_name: is its alias)"
@@ -77,7 +84,6 @@ class S3Storage(ClientStorage):
                 retries={"max_attempts": 3, "mode": "standard"},
             ),
         }
-        self._client: Any = None
 
     def __repr__(self) -> str:
         return (
@@ -89,48 +95,48 @@ class S3Storage(ClientStorage):
         """The object key of ``task_id``."""
         return f"{self.key_prefix}{task_id}.json"
 
-    def connect(self) -> None:
-        client = boto3.session.Session().client("s3", **self._client_options)
-        try:
-            if self.create_bucket:
-                self._ensure_bucket(client)
-            else:
-                client.head_bucket(Bucket=self.bucket)
-        except BaseException:
-            client.close()
-            raise
-        self._client = client
+    def _open(self) -> Any:
+        _quiet_chatty_loggers()
+        return boto3.session.Session().client("s3", **self._client_options)
 
-    def store(self, node_args: Any, flow_name: str, task_name: str, task_id: str, result: Any) -> str:
-        body = self.dumps(task_id, result).encode()
-        key = self.key(task_id)
-        self.client().put_object(
+    def _verify(self, handle: Any) -> None:
+        if self.create_bucket:
+            self._ensure_bucket(handle)
+        else:
+            handle.head_bucket(Bucket=self.bucket)
+
+    def _write(self, record: Record) -> str:
+        key = self.key(record.task_id)
+        self.handle().put_object(
             Bucket=self.bucket,
             Key=key,
-            Body=body,
+            Body=record.data,
             ContentType="application/json",
-            Metadata={"flow-name": flow_name, "task-name": task_name},
+            # S3 metadata is ASCII: names are percent-encoded (UTF-8), as in a URL
+            Metadata={"flow-name": quote(record.flow_name), "task-name": quote(record.task_name)},
         )
         return key
 
-    def retrieve(self, flow_name: str, task_name: str, task_id: str) -> Any:
-        client = self.client()
+    def _read(self, task_id: str) -> bytes | None:
+        client = self.handle()
         try:
             found = client.get_object(Bucket=self.bucket, Key=self.key(task_id))
         except client.exceptions.NoSuchKey:
-            raise self.missing(task_id) from None
-        return json.loads(found["Body"].read())
+            return None
+        body: bytes = found["Body"].read()
+        return body
 
-    def delete(self, flow_name: str, task_name: str, task_id: str) -> None:
-        client = self.client()
+    def _remove(self, task_id: str) -> bool:
+        client = self.handle()
         key = self.key(task_id)
         try:
             client.head_object(Bucket=self.bucket, Key=key)
         except botocore.exceptions.ClientError as exc:
             if _status(exc) == 404:
-                raise self.missing(task_id) from None
+                return False
             raise
         client.delete_object(Bucket=self.bucket, Key=key)
+        return True
 
     def _ensure_bucket(self, client: Any) -> None:
         try:
@@ -148,3 +154,10 @@ class S3Storage(ClientStorage):
 
 def _status(error: botocore.exceptions.ClientError) -> int:
     return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _quiet_chatty_loggers() -> None:
+    for name in _CHATTY_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)

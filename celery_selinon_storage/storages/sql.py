@@ -7,21 +7,16 @@ autocommit mode: one round trip per store, retrieve or delete, as fast as the pl
 
 from __future__ import annotations
 
-import contextlib
-import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from .drivers import require
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 
-require("sqlalchemy", "sql")
-
-import sqlalchemy as sa  # noqa: E402
-from sqlalchemy.dialects import mysql, postgresql, sqlite  # noqa: E402
-
-from ..errors import ResultTooLargeError  # noqa: E402
-from ..options import OptionProblem  # noqa: E402
-from .base import JsonStorage, to_json  # noqa: E402
+from ..errors import ConfigurationError, OptionProblem, ResultNotSerializableError, ResultTooLargeError
+from ..secrets import mask_url
+from .base import JsonStorage, Record, require_utf8, to_json
 
 #: SQLAlchemy 2 no longer accepts the ``postgres://`` scheme that Selinon's docs write.
 _SCHEME_ALIASES = {"postgres": "postgresql"}
@@ -38,14 +33,44 @@ _COLUMNS = ("task_id", "flow_name", "task_name", "node_args", "result")
 #: connections. pg8000 reports them as plain database errors, so the code is what tells.
 _UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
 
+#: SQLSTATE classes that no retry can fix: authorization (28), unknown database (3D), syntax or
+#: privilege (42), data (22), integrity (23), unsupported feature (0A).
+_PERMANENT_SQLSTATES = ("28", "3D", "42", "22", "23", "0A")
+
+#: MySQL/MariaDB error numbers that no retry can fix: access denied (1044, 1045, 1142, 1143, 1227,
+#: 1698), unknown database (1049), packet too large (1153, 1301).
+_PERMANENT_MYSQL_ERRORS = frozenset({1044, 1045, 1049, 1142, 1143, 1153, 1227, 1301, 1698})
+
 #: Bytes of SQL around the values of an upsert, rounded up (for the max_allowed_packet check).
 _STATEMENT_OVERHEAD = 1024
+
+#: Bytes that MySQL's string escaping doubles (backslash, quotes, NUL, newline, return, Ctrl-Z).
+_ESCAPED_BYTES = (b"\\", b"'", b'"', b"\0", b"\n", b"\r", b"\x1a")
+
+#: A JSON ``\u0000`` escape (an odd run of backslashes before ``u0000``): PostgreSQL's JSONB refuses it.
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+#: MySQL task id column: binary, so that ids compare byte for byte (no case, accent or pad folding).
+_MYSQL_TASK_ID = mysql.VARBINARY(1020)
+
+
+@dataclass
+class _Session:
+    """One open connection and what its calls need."""
+
+    engine: Any
+    connection: Any  # SQLAlchemy's, kept for DDL and closing
+    cursor: Any  # the DBAPI cursor every call uses
+    statements: _Statements
+    dialect: str
+    max_statement_bytes: int | None  # MariaDB/MySQL: max_allowed_packet
 
 
 class SqlStorage(JsonStorage):
     """One row per task id (the primary key), the result in the dialect's JSON type (JSONB on PostgreSQL).
 
-    Holds one connection per instance, so the worker's guard serialises its callers.
+    Holds one connection per instance, so the worker's guard serialises its callers. Task ids compare
+    byte for byte on every dialect (MySQL: a binary column).
     """
 
     def __init__(
@@ -56,112 +81,120 @@ class SqlStorage(JsonStorage):
         table_name: str = "selinon_results",
         engine_options: dict[str, Any] | None = None,
     ) -> None:
-        if encoding.replace("-", "").lower() != "utf8":
-            raise OptionProblem(
-                "encoding", f"{encoding!r} is not supported; results are stored as UTF-8 JSON"
-            )
+        require_utf8("encoding", encoding)
         self.url = _database_url(connection_string)
         self.echo = echo
         self.table_name = table_name
         self.engine_options = dict(engine_options or {})
-        self._engine: Any = None
-        self._connection: Any = None  # SQLAlchemy's, kept for DDL and closing
-        self._cursor: Any = None  # the DBAPI cursor every call uses
-        self._statements: _Statements | None = None
         self._lost_connection_errors: tuple[type[BaseException], ...] = (OSError,)
-        self._max_statement_bytes: int | None = None  # MariaDB/MySQL: max_allowed_packet
 
     def is_transient(self, error: BaseException) -> bool:
         """A lost or refused connection, or a server that cannot take sessions now (safe to retry)."""
+        code = _error_code(error)
+        if isinstance(code, int):
+            if code in _PERMANENT_MYSQL_ERRORS:
+                return False
+        elif code.startswith(_PERMANENT_SQLSTATES):
+            return False
+        elif code.startswith(_UNAVAILABLE_SQLSTATES):
+            return True
         lost: tuple[type[BaseException], ...] = (
             sa.exc.OperationalError,
             sa.exc.InterfaceError,
             *self._lost_connection_errors,
         )
-        return isinstance(error, lost) or _sqlstate(error).startswith(_UNAVAILABLE_SQLSTATES)
+        return isinstance(error, lost)
 
     def __repr__(self) -> str:
-        # render_as_string masks the password by default
-        return f"SqlStorage({self.url.render_as_string()!r}, table_name={self.table_name!r})"
+        target = mask_url(self.url.render_as_string(hide_password=False))
+        return f"SqlStorage({target!r}, table_name={self.table_name!r})"
 
-    # -- lifecycle ---------------------------------------------------------------------------
+    # -- connection --------------------------------------------------------------------------
 
-    def connect(self) -> None:
+    def _open(self) -> _Session:
         options = {"poolclass": sa.pool.NullPool, **self.engine_options}  # the connection is held, not pooled
         engine = sa.create_engine(self.url, echo=self.echo, **options)
         if engine.dialect.name == "sqlite":
             sa.event.listen(engine, "connect", _sqlite_pragmas)
-        connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
-            table = _results_table(self.table_name, engine.dialect.name)
-            _create_table(connection, table)
-            self._statements = _Statements.compile(table, engine.dialect)
-            if engine.dialect.name in ("mysql", "mariadb"):
-                limit: Any = connection.exec_driver_sql("SELECT @@max_allowed_packet").scalar()
-                self._max_statement_bytes = int(limit)
-            driver_connection: Any = connection.connection.driver_connection
-            self._cursor = driver_connection.cursor()
+            connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         except BaseException:
-            connection.close()
             engine.dispose()
             raise
         dbapi = engine.dialect.loaded_dbapi
         # OSError: pg8000 lets a socket timeout out unwrapped, and the socket is useless after it
         self._lost_connection_errors = (dbapi.OperationalError, dbapi.InterfaceError, OSError)
-        self._engine, self._connection = engine, connection
+        dialect = engine.dialect.name
+        table = _results_table(self.table_name, dialect)
+        return _Session(
+            engine=engine,
+            connection=connection,
+            cursor=None,
+            statements=_Statements.compile(table, engine.dialect),
+            dialect=dialect,
+            max_statement_bytes=None,
+        )
 
-    def is_connected(self) -> bool:
-        return self._connection is not None
+    def _verify(self, handle: _Session) -> None:
+        table = _results_table(self.table_name, handle.dialect)
+        _create_table(handle.connection, table)
+        if handle.dialect in ("mysql", "mariadb"):
+            _refuse_folding_task_ids(handle.connection, self.table_name, self.label)
+            limit: Any = handle.connection.exec_driver_sql("SELECT @@max_allowed_packet").scalar()
+            handle.max_statement_bytes = int(limit)
+        handle.cursor = handle.connection.connection.driver_connection.cursor()
 
-    def disconnect(self) -> None:
-        connection, engine = self._connection, self._engine
-        self._connection = self._engine = self._cursor = self._statements = None
-        if connection is not None:
-            with contextlib.suppress(Exception):  # a connection the server dropped cannot close cleanly
-                connection.close()
-        if engine is not None:
-            engine.dispose()
+    def _close(self, handle: _Session) -> None:
+        try:
+            handle.connection.close()
+        except Exception:  # noqa: BLE001 - a connection the server dropped cannot close cleanly
+            handle.connection.invalidate()
+        finally:
+            handle.engine.dispose()
 
-    # -- DataStorage -------------------------------------------------------------------------
+    # -- records -----------------------------------------------------------------------------
 
-    def store(self, node_args: Any, flow_name: str, task_name: str, task_id: str, result: Any) -> str:
-        row = (task_id, flow_name, task_name, _node_args_json(node_args), self.dumps(task_id, result))
-        if self._max_statement_bytes is not None:
-            self._check_size(task_id, row)
-        self._execute("upsert", row)
-        return task_id
+    def _write(self, record: Record) -> str:
+        session: _Session = self.handle()
+        node_args = _node_args_json(record.node_args)
+        if session.dialect == "postgresql":
+            if _JSON_NUL.search(record.text):
+                raise ResultNotSerializableError(
+                    self.label, record.task_id, "PostgreSQL's JSONB cannot hold the character U+0000"
+                )
+            if _JSON_NUL.search(node_args):
+                node_args = to_json(ascii(record.node_args))
+        row = (record.task_id, record.flow_name, record.task_name, node_args, record.text)
+        if session.max_statement_bytes is not None:
+            self._check_size(session.max_statement_bytes, record, node_args)
+        self._execute(session, "upsert", row)
+        return record.task_id
 
-    def retrieve(self, flow_name: str, task_name: str, task_id: str) -> Any:
-        found = self._execute("select", (task_id,)).fetchone()
-        if found is None:
-            raise self.missing(task_id)
-        return json.loads(found[0])
+    def _read(self, task_id: str) -> str | None:
+        session: _Session = self.handle()
+        found = self._execute(session, "select", (task_id,)).fetchone()
+        return None if found is None else str(found[0])
 
-    def delete(self, flow_name: str, task_name: str, task_id: str) -> None:
-        if self._execute("delete", (task_id,)).rowcount == 0:
-            raise self.missing(task_id)
+    def _remove(self, task_id: str) -> bool:
+        session: _Session = self.handle()
+        return bool(self._execute(session, "delete", (task_id,)).rowcount)
 
-    # -- internals ---------------------------------------------------------------------------
-
-    def _check_size(self, task_id: str, row: tuple[str, ...]) -> None:
-        limit = self._max_statement_bytes or 0
-        size = sum(len(value.encode()) for value in row) + _STATEMENT_OVERHEAD
+    def _check_size(self, limit: int, record: Record, node_args: str) -> None:
+        """MariaDB/MySQL drop a connection whose statement exceeds max_allowed_packet: refuse it first."""
+        encoded = [record.data, *(value.encode() for value in (record.task_id, record.flow_name, node_args))]
+        encoded.append(record.task_name.encode())
+        size = _STATEMENT_OVERHEAD + sum(
+            len(value) + sum(value.count(byte) for byte in _ESCAPED_BYTES) for value in encoded
+        )
         if size > limit:
             raise ResultTooLargeError(
-                self.label, task_id, size, limit, "raise the server's max_allowed_packet or store less"
+                self.label, record.task_id, size, limit, "raise the server's max_allowed_packet or store less"
             )
 
-    def _execute(self, name: str, values: tuple[Any, ...]) -> Any:
-        statements, cursor = self._statements, self._cursor
-        if statements is None:
-            raise self.not_connected()
-        sql, arguments = statements.bind(name, values)
-        try:
-            cursor.execute(sql, arguments)
-        except self._lost_connection_errors:
-            self.disconnect()  # the next call connects again
-            raise
-        return cursor
+    def _execute(self, session: _Session, name: str, values: tuple[Any, ...]) -> Any:
+        sql, arguments = session.statements.bind(name, values)
+        session.cursor.execute(sql, arguments)
+        return session.cursor
 
 
 @dataclass(frozen=True)
@@ -264,22 +297,28 @@ def _database_url(connection_string: str) -> Any:
     return url
 
 
-def _sqlstate(error: BaseException) -> str:
-    """The SQLSTATE of a driver's error (pg8000 and psycopg), or "" when it carries none."""
+def _error_code(error: BaseException) -> str | int:
+    """The SQLSTATE of a PostgreSQL driver's error (pg8000, psycopg), the error number of a MySQL
+    driver's (PyMySQL, mysqlclient), or "" when it carries neither."""
     driver_error = getattr(error, "orig", None) or error
     code = getattr(driver_error, "sqlstate", None)
-    if code is None and driver_error.args and isinstance(driver_error.args[0], dict):
-        code = driver_error.args[0].get("C")  # pg8000: the server's error fields
+    if code is None and driver_error.args:
+        first = driver_error.args[0]
+        if isinstance(first, dict):
+            code = first.get("C")  # pg8000: the server's error fields
+        elif isinstance(first, int) and not isinstance(first, bool):
+            return first  # MySQL drivers: (errno, message)
     return code if isinstance(code, str) else ""
 
 
 def _results_table(name: str, dialect: str) -> sa.Table:
     # SQLite's JSON is text: a column typed "JSON" would get NUMERIC affinity and turn "12" into 12.
     json_type: Any = {"postgresql": postgresql.JSONB(), "sqlite": sa.Text()}.get(dialect, sa.JSON())
+    task_id: Any = _MYSQL_TASK_ID if dialect in ("mysql", "mariadb") else sa.String(255)
     return sa.Table(
         name,
         sa.MetaData(),
-        sa.Column("task_id", sa.String(255), primary_key=True),
+        sa.Column("task_id", task_id, primary_key=True),
         sa.Column("flow_name", sa.String(255)),
         sa.Column("task_name", sa.String(255)),
         sa.Column("node_args", json_type),
@@ -297,14 +336,33 @@ def _create_table(connection: Any, table: sa.Table) -> None:
             raise
 
 
+def _refuse_folding_task_ids(connection: Any, table: str, storage: str) -> None:
+    """A table made by version 0.1 has a case- and accent-insensitive task id: refuse it, with the fix."""
+    found = connection.exec_driver_sql(
+        "SELECT DATA_TYPE, COLLATION_NAME FROM information_schema.COLUMNS "
+        "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s AND COLUMN_NAME = 'task_id'",
+        (table,),
+    ).first()
+    if found is None or str(found[0]).lower() == "varbinary":
+        return
+    raise ConfigurationError(
+        f"table {table!r} compares task ids without regard to case or accents (column task_id is "
+        f"{found[0]} {found[1]}), so different tasks could share a record; migrate it once with: "
+        f"ALTER TABLE {table} MODIFY task_id VARBINARY(1020) NOT NULL",
+        storage=storage,
+    )
+
+
 def _node_args_json(node_args: Any) -> str:
     """Node arguments are informational: kept as JSON when they are JSON, else as their text."""
     if node_args is None:
         return "null"
     try:
-        return to_json(node_args)
-    except (TypeError, ValueError):
-        return to_json(repr(node_args))
+        text = to_json(node_args)
+        text.encode("utf-8")
+    except (TypeError, ValueError, RecursionError):
+        return to_json(ascii(node_args))
+    return text
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
