@@ -158,10 +158,9 @@ class OneConnectionStorage(InMemoryStorage):
         self.dropped_under_a_call = 0
         self.in_call = False
 
-    @property
-    def transient_errors(self) -> tuple[type[BaseException], ...]:
-        time.sleep(0.01)  # read after each failure: a slow read widens the window for another call
-        return (ConnectionError,)
+    def is_transient(self, error: BaseException) -> bool:
+        time.sleep(0.01)  # asked after each failure: a slow answer widens the window for another call
+        return isinstance(error, ConnectionError)
 
     def disconnect(self) -> None:
         self.dropped_under_a_call += self.in_call

@@ -60,6 +60,11 @@ class JsonStorage(DataStorage):  # type: ignore[misc]
     #: True when one instance may be called by several threads or greenlets at once.
     concurrency_safe: ClassVar[bool] = False
 
+    #: Errors that mean the server cannot be reached now: the same call may succeed later.
+    transient_errors: ClassVar[tuple[type[BaseException], ...]] = (ConnectionError, TimeoutError)
+    #: Errors among those that no retry can fix (a wrong password, a missing permission).
+    permanent_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+
     #: The storage's name from the YAML; set by the lifecycle, used in messages.
     storage_name: str = ""
 
@@ -73,6 +78,10 @@ class JsonStorage(DataStorage):  # type: ignore[misc]
     def label(self) -> str:
         """The name to use in messages."""
         return self.storage_name or type(self).__name__
+
+    def is_transient(self, error: BaseException) -> bool:
+        """Whether a call that failed with ``error`` may succeed if tried again."""
+        return isinstance(error, self.transient_errors) and not isinstance(error, self.permanent_errors)
 
     # -- connection template ------------------------------------------------------------------
 

@@ -19,6 +19,8 @@ class RedisStorage(JsonStorage):
 
     concurrency_safe = True
     transient_errors = (redis.ConnectionError, redis.TimeoutError, ConnectionError)
+    # redis-py reports a wrong password or a missing ACL permission as a ConnectionError
+    permanent_errors = (redis.AuthenticationError, redis.exceptions.AuthorizationError)
 
     def __init__(
         self,
