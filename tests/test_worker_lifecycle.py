@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.recording import read_events
+from tests.storages_files import write_storages
 from tests.worker_app import app, store_in
 from tests.workers import WorkerProcess, wait_for
 
@@ -24,28 +25,6 @@ POOLS = {"prefork": 2, "threads": 4, "eventlet": 8, "gevent": 8, "solo": 1}
 CONCURRENT_IN_ONE_PROCESS = {"threads", "eventlet", "gevent"}
 
 Event = dict[str, Any]
-
-
-def write_storages(tmp_path: Path, events: Path) -> Path:
-    path = tmp_path / "storages.yml"
-    path.write_text(
-        f"""\
-storages:
-  - name: Unsafe
-    classname: RecordingStorage
-    import: tests.recording
-    configuration: {{log_path: "{events}", label: Unsafe, call_seconds: 0.05}}
-  - name: Safe
-    classname: SafeRecordingStorage
-    import: tests.recording
-    configuration: {{log_path: "{events}", label: Safe, call_seconds: 0.05}}
-  - name: Slow
-    classname: SafeRecordingStorage
-    import: tests.recording
-    configuration: {{log_path: "{events}", label: Slow, call_seconds: 1.0}}
-"""
-    )
-    return path
 
 
 def by_instance(events: list[Event]) -> dict[str, list[Event]]:
