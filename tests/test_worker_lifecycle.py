@@ -211,9 +211,9 @@ def test_cold_shutdown_disconnects_without_hanging(
         30,
         "a slow store to begin",
     )
-    started = time.monotonic()
-    worker.stop(signal.SIGQUIT, timeout=30)
-    assert time.monotonic() - started < 20
+    # Not hanging: stop() fails the test unless the worker has exited 20 s after SIGQUIT. Its exit status
+    # is Celery's (1 under eventlet and gevent, whose cold shutdown fails as said above).
+    worker.stop(signal.SIGQUIT, timeout=20)
     assert "Hitting Ctrl+C again will terminate all running tasks" in worker.output  # cold shutdown began
     for ours in (
         "StorageClosedError",
