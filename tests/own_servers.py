@@ -11,13 +11,14 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
+import weakref
 from pathlib import Path
 from typing import Any
 
 import pg8000.dbapi
 
 from tests.servers import free_port, wait_for_port
+from tests.workers import wait_for
 
 
 class OwnServer:
@@ -68,7 +69,11 @@ class OwnServer:
             self.crash()
 
     def __enter__(self) -> OwnServer:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()  # a server that started but never became ready must not outlive the test
+            raise
 
     def __exit__(self, *_: object) -> None:
         self.stop()
@@ -92,7 +97,9 @@ class OwnRedis(OwnServer):
 class OwnPostgres(OwnServer):
     """A PostgreSQL cluster made with initdb in a directory of its own (trust auth, user postgres).
 
-    PostgreSQL refuses to run as root: as root, it runs as the ``postgres`` user.
+    PostgreSQL refuses to run as root: as root, it runs as the ``postgres`` user. The cluster lives in a
+    temporary directory of its own, removed by ``stop()`` (the end of a ``with``), else when the object is
+    collected or at exit at the latest; the server's log is copied to ``directory`` first.
     """
 
     name = "postgres"
@@ -100,15 +107,20 @@ class OwnPostgres(OwnServer):
     def __init__(self, directory: Path) -> None:
         # the data must be reachable by the postgres user, which pytest's root-only tmp_path is not
         super().__init__(Path(tempfile.mkdtemp(prefix="css-pg-")))
+        self._remove_cluster = weakref.finalize(self, shutil.rmtree, self.directory, ignore_errors=True)
         self.log_directory = directory
         self.data = self.directory / "data"
         self._user = "postgres" if os.geteuid() == 0 else None
-        if self._user:
-            shutil.chown(self.directory, self._user)
-        subprocess.run(
-            [_postgres_tool("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-            check=True, capture_output=True, user=self._user,
-        )  # fmt: skip
+        try:
+            if self._user:
+                shutil.chown(self.directory, self._user)
+            subprocess.run(
+                [_postgres_tool("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+                check=True, capture_output=True, user=self._user,
+            )  # fmt: skip
+        except BaseException:
+            self._remove_cluster()
+            raise
 
     @property
     def url(self) -> str:
@@ -124,20 +136,22 @@ class OwnPostgres(OwnServer):
     def wait_ready(self, timeout: float = 60) -> None:
         """Listening is not enough: during crash recovery the server refuses sessions."""
         super().wait_ready()
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self._connect(timeout=5).close()
-                return
-            except pg8000.dbapi.DatabaseError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        log = self.directory / "postgres.out"
+        wait_for(self._accepts_sessions, timeout, "PostgreSQL to accept sessions", detail=log.read_text)
+
+    def _accepts_sessions(self) -> bool:
+        try:
+            self._connect(timeout=5).close()
+        except pg8000.dbapi.DatabaseError:
+            return False
+        return True
 
     def stop(self) -> None:
         super().stop()
-        (self.log_directory / "postgres.out").write_bytes((self.directory / "postgres.out").read_bytes())
-        shutil.rmtree(self.directory, ignore_errors=True)
+        log = self.directory / "postgres.out"
+        if log.exists():
+            (self.log_directory / "postgres.out").write_bytes(log.read_bytes())
+        self._remove_cluster()
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         """Rows of ``sql`` run on a connection of its own."""
@@ -170,11 +184,11 @@ def _version(path: str) -> int:
 
 def _wait_until_gone(session: int, timeout: float = 10) -> None:
     """Until no process of the session is left (PostgreSQL's backends die with their postmaster)."""
-    deadline = time.monotonic() + timeout
-    while any(_session_of(pid) == session for pid in _pids()):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"processes of session {session} outlived SIGKILL")
-        time.sleep(0.05)
+    wait_for(
+        lambda: all(_session_of(pid) != session for pid in _pids()),
+        timeout,
+        f"every process of session {session} to die of SIGKILL",
+    )
 
 
 def _pids() -> list[int]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -52,11 +54,16 @@ raw_text = st.text(
     alphabet=st.sampled_from(list("storages:- name{}[]&*<>!|'\"#%@`\\\n\t ${}:,0123456789abcx")), max_size=200
 )
 
-DIRECTORY = Path(tempfile.mkdtemp(prefix="css-fuzz-"))
+
+@pytest.fixture(scope="module")
+def directory() -> Iterator[Path]:
+    """Where the fuzzed files are written, one after the other; removed after the module's tests."""
+    with tempfile.TemporaryDirectory(prefix="css-fuzz-") as name:
+        yield Path(name)
 
 
-def load_text(text: str) -> None:
-    path = DIRECTORY / "storages.yml"
+def load_text(directory: Path, text: str) -> None:
+    path = directory / "storages.yml"
     path.write_text(text, encoding="utf-8")
     try:
         specs = load_storages(path, environ={"HOME": "/home/x", "X": "2"})
@@ -72,17 +79,17 @@ FUZZ = settings(max_examples=4000, deadline=None, suppress_health_check=list(Hea
 
 @FUZZ
 @given(structured)
-def test_structured_documents(document: object) -> None:
-    load_text(yaml.safe_dump(document, allow_unicode=True))
+def test_structured_documents(directory: Path, document: object) -> None:
+    load_text(directory, yaml.safe_dump(document, allow_unicode=True))
 
 
 @FUZZ
 @given(documents)
-def test_arbitrary_documents(document: object) -> None:
-    load_text(yaml.safe_dump(document, allow_unicode=True))
+def test_arbitrary_documents(directory: Path, document: object) -> None:
+    load_text(directory, yaml.safe_dump(document, allow_unicode=True))
 
 
 @settings(max_examples=4000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(raw_text)
-def test_arbitrary_text(text: str) -> None:
-    load_text(text)
+def test_arbitrary_text(directory: Path, text: str) -> None:
+    load_text(directory, text)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from selinon import Config, run_flow
 from celery_selinon_storage import open_storages
 from tests.recording import read_events
 from tests.selinon_app.app import HERE, app
-from tests.workers import WorkerProcess
+from tests.workers import WorkerProcess, wait_for
 
 pytestmark = [pytest.mark.worker, pytest.mark.service]
 
@@ -56,10 +55,12 @@ def test_flows_complete_on_managed_storages_and_never_touch_selinons_own(
     def states() -> list[str]:
         return [str(app.backend.get_task_meta(d.id)["status"]) for d in dispatchers]
 
-    deadline = time.monotonic() + 120
-    while any(state not in ("SUCCESS", "FAILURE") for state in states()):
-        assert time.monotonic() < deadline, f"flows unfinished after 120 s: {states()}\n{worker.output}"
-        time.sleep(0.5)
+    wait_for(
+        lambda: all(state in ("SUCCESS", "FAILURE") for state in states()),
+        120,
+        "every flow to finish",
+        detail=lambda: f"{states()}\n{worker.output}",
+    )
     assert states() == ["SUCCESS"] * len(dispatchers), worker.output
     assert worker.stop(signal.SIGTERM) == 0, worker.output
     assert "Traceback" not in worker.output, worker.output

@@ -19,21 +19,10 @@ from celery_selinon_storage.storages.mongo import MongoStorage
 from celery_selinon_storage.storages.redis import RedisStorage
 from celery_selinon_storage.storages.s3 import S3Storage
 from celery_selinon_storage.storages.sql import SqlStorage
+from tests.green_queries import most_at_once, run_in_greenlets, with_driver
 from tests.services import S3_KEYS
 
 pytestmark = pytest.mark.service
-
-
-def run_python(code: str, timeout: float = 120) -> str:
-    run = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
-    return run.stdout
 
 
 # -- SQL -----------------------------------------------------------------------------------
@@ -102,39 +91,12 @@ GREEN_DRIVERS = [
 def test_which_sql_drivers_let_the_hub_run_during_a_query(
     hub: str, server: str, driver: str, green: bool, request: pytest.FixtureRequest
 ) -> None:
-    parts = urlsplit(request.getfixturevalue(server))
-    scheme = parts.scheme.split("+")[0]
-    url = parts._replace(scheme=f"{scheme}+{driver}").geturl()
-    sleep = "SELECT pg_sleep(0.5)" if scheme.startswith("postgres") else "SELECT SLEEP(0.5)"
-    patch = (
-        "import eventlet; eventlet.monkey_patch()"
-        if hub == "eventlet"
-        else "from gevent import monkey; monkey.patch_all()"
-    )
-    spawn = (
-        "import eventlet; pool = eventlet.GreenPool(); [pool.spawn(query) for _ in range(4)]; pool.waitall()"
-        if hub == "eventlet"
-        else "import gevent; gevent.joinall([gevent.spawn(query) for _ in range(4)])"
-    )
-    out = run_python(
-        f"""
-        {patch}
-        import time
-        from celery_selinon_storage.storages.sql import SqlStorage
-        storages = [SqlStorage({url!r}) for _ in range(4)]
-        def query():
-            storage = storages.pop()
-            storage.connect()
-            storage.handle().connection.exec_driver_sql({sleep!r})
-            storage.disconnect()
-        start = time.monotonic()
-        {spawn}
-        print(time.monotonic() - start)
-        """
-    )
-    elapsed = float(out.split()[-1])
-    # four 0.5 s queries: about 0.5 s when they overlap, at least 2 s when each blocks the hub
-    assert (elapsed < 1.6) is green, f"{driver} under {hub}: four queries took {elapsed:.2f}s"
+    url = with_driver(request.getfixturevalue(server), driver)
+    spans = run_in_greenlets(hub, url, queries=4).spans
+    # By the server's clock: a green driver yields while its query sleeps, so the other three greenlets
+    # send theirs and the server holds all four at once; a blocking one holds the hub until its answer
+    # comes, so each query reaches the server only after the one before has ended.
+    assert most_at_once(spans) == (4 if green else 1), f"{driver} under {hub}: query spans {spans}"
 
 
 def test_the_default_drivers_are_the_green_ones() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.recording import read_events
+from tests.storages_files import write_storages
 from tests.worker_app import app, store_in
 from tests.workers import WorkerProcess, wait_for
 
@@ -24,28 +25,6 @@ POOLS = {"prefork": 2, "threads": 4, "eventlet": 8, "gevent": 8, "solo": 1}
 CONCURRENT_IN_ONE_PROCESS = {"threads", "eventlet", "gevent"}
 
 Event = dict[str, Any]
-
-
-def write_storages(tmp_path: Path, events: Path) -> Path:
-    path = tmp_path / "storages.yml"
-    path.write_text(
-        f"""\
-storages:
-  - name: Unsafe
-    classname: RecordingStorage
-    import: tests.recording
-    configuration: {{log_path: "{events}", label: Unsafe, call_seconds: 0.05}}
-  - name: Safe
-    classname: SafeRecordingStorage
-    import: tests.recording
-    configuration: {{log_path: "{events}", label: Safe, call_seconds: 0.05}}
-  - name: Slow
-    classname: SafeRecordingStorage
-    import: tests.recording
-    configuration: {{log_path: "{events}", label: Slow, call_seconds: 1.0}}
-"""
-    )
-    return path
 
 
 def by_instance(events: list[Event]) -> dict[str, list[Event]]:
@@ -233,9 +212,9 @@ def test_cold_shutdown_disconnects_without_hanging(
         30,
         "a slow store to begin",
     )
-    started = time.monotonic()
-    worker.stop(signal.SIGQUIT, timeout=30)
-    assert time.monotonic() - started < 20
+    # Not hanging: stop() fails the test unless the worker has exited 20 s after SIGQUIT. Its exit status
+    # is Celery's (1 under eventlet and gevent, whose cold shutdown fails as said above).
+    worker.stop(signal.SIGQUIT, timeout=20)
     assert "Hitting Ctrl+C again will terminate all running tasks" in worker.output  # cold shutdown began
     for ours in (
         "StorageClosedError",

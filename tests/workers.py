@@ -60,14 +60,16 @@ class WorkerProcess:
         return self.output_path.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 60) -> WorkerProcess:
-        deadline = time.monotonic() + timeout
-        while not READY.search(self.output):
-            if self.process is not None and self.process.poll() is not None:
-                raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.output}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"worker not ready after {timeout}s:\n{self.output}")
-            time.sleep(0.1)
+        wait_for(self._ready, timeout, "the worker to be ready", detail=lambda: self.output)
         return self
+
+    def _ready(self) -> bool:
+        """Whether the worker has logged that it is ready; fails at once if it has exited."""
+        if READY.search(self.output):
+            return True
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.output}")
+        return False
 
     def run_to_exit(self, timeout: float = 60) -> int:
         """Start and wait for the worker to exit by itself (a start-up error)."""
@@ -93,9 +95,17 @@ class WorkerProcess:
             self.process.wait(10)
 
 
-def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    """Poll ``condition`` every 50 ms until it holds; fail after ``seconds``."""
+def wait_for(
+    condition: Callable[[], bool], seconds: float, what: str, *, detail: Callable[[], str] | None = None
+) -> None:
+    """Poll ``condition`` every 50 ms until it holds; fail after ``seconds``.
+
+    ``detail``, if given, is called on failure and its text added to the message (a worker's log, say).
+    """
     deadline = time.monotonic() + seconds
     while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        if time.monotonic() >= deadline:
+            raise AssertionError(
+                f"timed out waiting for {what} ({seconds} s)" + (f":\n{detail()}" if detail else "")
+            )
         time.sleep(0.05)
