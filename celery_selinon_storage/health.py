@@ -36,7 +36,8 @@ def check_storage(spec: StorageSpec, timeout: float, on_slow: Callable[[str, flo
     """Build the storage, connect it (at most ``timeout`` seconds), disconnect it."""
     secrets = secret_values(spec.options)
     adapter = spec.create()
-    # built-in adapters mask their secrets in repr; another class's repr is not trusted
+    # a built-in adapter's repr is scrubbed again (URLs in it masked by structure, secrets as whole
+    # tokens); another class's repr is not trusted at all
     target = (
         scrub(repr(adapter), secrets)
         if isinstance(adapter, JsonStorage)
@@ -63,15 +64,19 @@ def check_storage(spec: StorageSpec, timeout: float, on_slow: Callable[[str, flo
     if not outcome:
         error: str | None = f"no answer within {timeout:g} s"
     elif outcome[0] is not None:
-        exc = outcome[0]
-        error = scrub(f"{type(exc).__name__}: {' '.join(str(exc).split())}", secrets)
+        error = _masked_error("", outcome[0], secrets)
     else:
         error = None
         try:
             adapter.disconnect()
         except Exception as exc:  # noqa: BLE001
-            error = scrub(f"disconnect failed: {type(exc).__name__}: {exc}", secrets)
+            error = _masked_error("disconnect failed: ", exc, secrets)
     return StorageHealth(spec.name, spec.cls.__name__, target, error is None, error, round(latency_ms, 1))
+
+
+def _masked_error(prefix: str, exc: BaseException, secrets: list[str]) -> str:
+    """One line naming the exception, its driver text with every secret masked."""
+    return scrub(f"{prefix}{type(exc).__name__}: {' '.join(str(exc).split())}", secrets)
 
 
 def check_storages(
