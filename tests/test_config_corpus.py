@@ -110,8 +110,9 @@ EXPECTED: dict[str, tuple[int | None, str | None, str | None, str]] = {
         5,
         "Results",
         "connection_string",
-        "storage 'Results', option 'connection_string': environment variable CSS_TEST_UNSET_PASSWORD is not set; "
-        "set it or write ${CSS_TEST_UNSET_PASSWORD:-default}",
+        # the variable's name is not echoed: text that looks like a reference may be part of a password
+        "storage 'Results', option 'connection_string': the ${...} reference names an environment variable "
+        "that is not set; set the variable, or write ${NAME:-default} to give a default, or $$ for a literal dollar",
     ),
     "python_tag.yml": (
         5,

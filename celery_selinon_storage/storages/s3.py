@@ -12,6 +12,7 @@ import botocore.config
 import botocore.exceptions
 
 from ..errors import OptionProblem
+from ..secrets import mask_url
 from .base import JsonStorage, Record
 
 #: S3 refuses a LocationConstraint for its default region: the bucket is created without one there.
@@ -87,7 +88,7 @@ class S3Storage(JsonStorage):
 
     def __repr__(self) -> str:
         return (
-            f"S3Storage(bucket={self.bucket!r}, endpoint_url={self.endpoint_url!r}, "
+            f"S3Storage(bucket={self.bucket!r}, endpoint_url={mask_url(self.endpoint_url or '') or None!r}, "
             f"region_name={self.region_name!r})"
         )
 
@@ -96,7 +97,6 @@ class S3Storage(JsonStorage):
         return f"{self.key_prefix}{task_id}.json"
 
     def _open(self) -> Any:
-        _quiet_chatty_loggers()
         return boto3.session.Session().client("s3", **self._client_options)
 
     def _verify(self, handle: Any) -> None:
@@ -161,3 +161,6 @@ def _quiet_chatty_loggers() -> None:
         logger = logging.getLogger(name)
         if logger.level == logging.NOTSET:
             logger.setLevel(logging.INFO)
+
+
+_quiet_chatty_loggers()  # at import: the prefork parent imports adapters when it checks the file
