@@ -32,7 +32,7 @@ SCRIPT = """\
 {patch}
 import json, time
 from celery_selinon_storage.storages.sql import SqlStorage
-storages = [SqlStorage({url!r}) for _ in range({queries})]
+storages = [SqlStorage({url!r}, table_name="css_green_queries") for _ in range({queries})]
 for storage in storages:
     storage.connect()  # before the greenlets: what is compared is the queries alone
 spans = []

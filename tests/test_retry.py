@@ -114,9 +114,18 @@ def test_retry_is_configured_per_storage(tmp_path: Path) -> None:
         ),
         ("{backoff: -1}", "storage 'M', option 'retry.backoff': must be seconds from 0 to 60; fix its value"),
         # a delay too long to sleep (OverflowError in time.sleep) is refused when the file is read
-        ("{backoff: 1e308}", "storage 'M', option 'retry.backoff': must be seconds from 0 to 60; fix its value"),
-        ("{max_backoff: .inf}", "storage 'M', option 'retry.max_backoff': must be seconds from 0 to 60; fix its value"),
-        ("{attempts: 1000000}", "storage 'M', option 'retry.attempts': must be a whole number from 1 to 20; fix its value"),
+        (
+            "{backoff: 1e308}",
+            "storage 'M', option 'retry.backoff': must be seconds from 0 to 60; fix its value",
+        ),
+        (
+            "{max_backoff: .inf}",
+            "storage 'M', option 'retry.max_backoff': must be seconds from 0 to 60; fix its value",
+        ),
+        (
+            "{attempts: 1000000}",
+            "storage 'M', option 'retry.attempts': must be a whole number from 1 to 20; fix its value",
+        ),
         (
             "{tries: 3}",
             "storage 'M', option 'retry.tries': unknown retry option; 'retry:' takes: attempts, backoff, max_backoff",

@@ -217,7 +217,7 @@ def test_check_refuses_credentials_in_the_s3_endpoint_url(
     run = check(path, "--json")
     assert run.returncode == 78, run.stdout + run.stderr
     assert run.stderr.startswith(
-        f"celery-selinon-storage: error: {path}:7: storage 'S3', option 'endpoint_url': "
+        f"celery-selinon-storage: error: {path}:6: storage 'S3', option 'endpoint_url': "
     )
     assert "aws_access_key_id" in run.stderr and run.stderr.count("\n") == 1
     assert ENDPOINT_PASSWORD not in run.stdout + run.stderr
@@ -233,7 +233,7 @@ def test_a_worker_refuses_credentials_in_the_s3_endpoint_url(
     assert process is not None
     wait_for(lambda: process.poll() is not None or bool(READY.search(worker.output)), 60, "exit or ready")
     assert process.poll() == 78, worker.output
-    assert f"{path}:7: storage 'S3', option 'endpoint_url': " in worker.output
+    assert f"{path}:6: storage 'S3', option 'endpoint_url': " in worker.output
     assert ENDPOINT_PASSWORD not in worker.output
 
 
