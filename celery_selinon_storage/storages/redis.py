@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ..secrets import mask_url
 from .base import JsonStorage, Record, require_positive, require_utf8
@@ -48,6 +50,9 @@ class RedisStorage(JsonStorage):
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": socket_connect_timeout,
             "max_connections": max_connections,
+            # one retry layer, ours: redis-py's own (3 retries by default, also of a wrong password)
+            # would multiply the attempts the storage's retry: policy allows
+            "retry": Retry(NoBackoff(), 0),
         }
         self._url = url
         if url is not None:

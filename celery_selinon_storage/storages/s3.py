@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import boto3
 import botocore.config
 import botocore.exceptions
 
-from ..errors import OptionProblem
+from ..errors import InvalidRecordError, OptionProblem
 from ..secrets import mask_url
 from .base import JsonStorage, Record
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: The longest object key S3 accepts, in bytes.
+_MAX_KEY_BYTES = 1024
+
+#: The most user metadata (names and values) S3 keeps with an object, in bytes.
+_MAX_METADATA_BYTES = 2048
 
 #: S3 refuses a LocationConstraint for its default region: the bucket is created without one there.
 _DEFAULT_REGION = "us-east-1"
@@ -32,9 +42,12 @@ class S3Storage(JsonStorage):
     """
 
     concurrency_safe = True
+    # botocore's network errors: connect errors and timeouts, a connection closed mid-reply, a read
+    # timeout (the last two are HTTPClientErrors; the plain HTTPClientError is unwrapped, see _unwrapped)
     transient_errors = (
         botocore.exceptions.ConnectionError,
-        botocore.exceptions.HTTPClientError,
+        botocore.exceptions.ConnectionClosedError,
+        botocore.exceptions.ReadTimeoutError,
         ConnectionError,
     )
 
@@ -82,7 +95,8 @@ class S3Storage(JsonStorage):
                 connect_timeout=connect_timeout,
                 read_timeout=read_timeout,
                 max_pool_connections=max_pool_connections,
-                retries={"max_attempts": 3, "mode": "standard"},
+                # one retry layer, ours (the storage's retry: policy), not botocore's under it
+                retries={"total_max_attempts": 1, "mode": "standard"},
             ),
         }
 
@@ -93,17 +107,29 @@ class S3Storage(JsonStorage):
         )
 
     def key(self, task_id: str) -> str:
-        """The object key of ``task_id``."""
-        return f"{self.key_prefix}{task_id}.json"
+        """The object key of ``task_id`` (S3 keys hold at most 1,024 bytes of UTF-8)."""
+        key = f"{self.key_prefix}{task_id}.json"
+        if len(key.encode()) > _MAX_KEY_BYTES:
+            raise InvalidRecordError(
+                f"storage {self.label!r} refuses task id {task_id[:40]!a}...: its object key would be "
+                f"{len(key.encode()):,} bytes and S3 keys hold at most {_MAX_KEY_BYTES:,}; use a shorter id "
+                "or key_prefix"
+            )
+        return key
 
     def _open(self) -> Any:
         return boto3.session.Session().client("s3", **self._client_options)
 
     def _verify(self, handle: Any) -> None:
-        if self.create_bucket:
-            self._ensure_bucket(handle)
-        else:
-            handle.head_bucket(Bucket=self.bucket)
+        with _unwrapped():
+            if self.create_bucket:
+                self._ensure_bucket(handle)
+            else:
+                handle.head_bucket(Bucket=self.bucket)
+
+    def _exchange(self, io: Callable[[T], R], argument: T) -> R:
+        with _unwrapped():
+            return super()._exchange(io, argument)
 
     def _write(self, record: Record) -> str:
         key = self.key(record.task_id)
@@ -112,8 +138,7 @@ class S3Storage(JsonStorage):
             Key=key,
             Body=record.data,
             ContentType="application/json",
-            # S3 metadata is ASCII: names are percent-encoded (UTF-8), as in a URL
-            Metadata={"flow-name": quote(record.flow_name), "task-name": quote(record.task_name)},
+            Metadata=_names_metadata(record.flow_name, record.task_name),
         )
         return key
 
@@ -154,6 +179,28 @@ class S3Storage(JsonStorage):
 
 def _status(error: botocore.exceptions.ClientError) -> int:
     return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _names_metadata(flow_name: str, task_name: str) -> dict[str, str]:
+    """Flow and task names as object metadata: percent-encoded UTF-8 (S3 metadata is ASCII), and left
+    out when they would pass S3's 2 KB limit on user metadata (they are informational)."""
+    metadata = {"flow-name": quote(flow_name), "task-name": quote(task_name)}
+    size = sum(len(key) + len(value) for key, value in metadata.items())
+    return metadata if size <= _MAX_METADATA_BYTES else {}
+
+
+@contextlib.contextmanager
+def _unwrapped() -> Iterator[None]:
+    """botocore wraps any unexpected exception of a request, a time limit included, in a plain
+    ``HTTPClientError``: raise the original, so that a soft time limit stays a time limit and a bug
+    is not taken for a network error."""
+    try:
+        yield
+    except botocore.exceptions.HTTPClientError as wrapper:
+        original = wrapper.kwargs.get("error")
+        if type(wrapper) is botocore.exceptions.HTTPClientError and isinstance(original, BaseException):
+            raise original from None
+        raise
 
 
 def _quiet_chatty_loggers() -> None:

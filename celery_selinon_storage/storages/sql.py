@@ -7,7 +7,9 @@ autocommit mode: one round trip per store, retrieve or delete, as fast as the pl
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,12 +147,24 @@ class SqlStorage(JsonStorage):
         handle.cursor = handle.connection.connection.driver_connection.cursor()
 
     def _close(self, handle: _Session) -> None:
+        # Invalidate, not close: closing returns the connection to SQLAlchemy's pool, which first
+        # resets it (a rollback), and on a connection interrupted mid-exchange the reset fails and
+        # leaves the socket open. Invalidating closes the driver's connection without a word to the
+        # server; in autocommit there is nothing to roll back.
+        driver_connection = handle.connection.connection.driver_connection
+        raw_socket = _driver_socket(driver_connection)
         try:
-            handle.connection.close()
-        except Exception:  # noqa: BLE001 - a connection the server dropped cannot close cleanly
             handle.connection.invalidate()
         finally:
+            with contextlib.suppress(Exception):  # already closed by the invalidation, usually
+                driver_connection.close()
             handle.engine.dispose()
+            if raw_socket is not None:
+                # A traceback of an interrupted call can keep the driver's socket file alive, and with
+                # it the connection, with the server mid-statement and holding its locks. Shutting the
+                # socket down ends the connection whoever still refers to it.
+                with contextlib.suppress(OSError):
+                    raw_socket.shutdown(socket.SHUT_RDWR)
 
     # -- records -----------------------------------------------------------------------------
 
@@ -351,6 +365,16 @@ def _refuse_folding_task_ids(connection: Any, table: str, storage: str) -> None:
         f"ALTER TABLE {table} MODIFY task_id VARBINARY(1020) NOT NULL",
         storage=storage,
     )
+
+
+def _driver_socket(driver_connection: Any) -> socket.socket | None:
+    """The TCP socket of a pure-Python driver's connection (pg8000: ``_usock``, PyMySQL: ``_sock``);
+    None for the others (psycopg and sqlite3 close theirs in C)."""
+    for attribute in ("_usock", "_sock"):
+        candidate = getattr(driver_connection, attribute, None)
+        if isinstance(candidate, socket.socket):
+            return candidate
+    return None
 
 
 def _node_args_json(node_args: Any) -> str:
