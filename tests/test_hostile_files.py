@@ -1,7 +1,7 @@
 """Hostile storages files: bounded time and memory, and one line with exit status 78 wherever they are loaded.
 
-Limits under test: 4 MiB per file (only regular files are opened), 100,000 values once aliases are expanded,
-64 levels of nesting.
+Limits under test: 4 MiB per file (only regular files are opened); once aliases are expanded, 100,000 values
+and 8 Mi characters of text; 64 levels of nesting.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from tests.workers import WorkerProcess
 
 MAX_BYTES = 4 * 1024 * 1024
 MAX_VALUES = 100_000
+MAX_TEXT = 8 * 1024 * 1024
 MAX_DEPTH = 64
 #: Address space for each ``check`` or worker subprocess: far above what refusing a file needs.
 CHECK_ADDRESS_SPACE = 1 << 30
@@ -79,6 +80,16 @@ def expanded_size(node: yaml.Node) -> int:
         return 1 + sum(expanded_size(child) for child in node.value)
     assert isinstance(node, yaml.MappingNode)
     return 1 + sum(expanded_size(key) + expanded_size(value) for key, value in node.value)
+
+
+def expanded_text(node: yaml.Node) -> int:
+    """Characters in the scalars of ``node`` with every alias expanded."""
+    if isinstance(node, yaml.ScalarNode):
+        return len(node.value)
+    if isinstance(node, yaml.SequenceNode):
+        return sum(expanded_text(child) for child in node.value)
+    assert isinstance(node, yaml.MappingNode)
+    return sum(expanded_text(key) + expanded_text(value) for key, value in node.value)
 
 
 def depth_of(node: yaml.Node) -> int:
@@ -188,7 +199,37 @@ def test_exactly_the_value_limit_loads_and_one_more_is_refused(tmp_path: Path) -
     over = values_file(MAX_VALUES + 1)
     assert expanded_size(compose(over)) == MAX_VALUES + 1
     error = refused(write(tmp_path, over, "over.yml"))
-    assert error.line == 2 and "more than 100,000 values" in str(error)
+    assert error.line == 5 and "more than 100,000 values" in str(error)  # the 100,001st: the last value
+
+
+def text_file(characters: int) -> str:
+    """A valid file of exactly ``characters`` characters of text once expanded: one long value, eight copies."""
+    fixed = len("big" + "copies" + "storages" + "name" + "Results" + "classname" + "InMemoryStorage")
+    length = (characters - fixed - 1) // 9
+    rest = characters - fixed - 9 * length  # at least 1
+    return f"big: &b {'x' * length}\ncopies: [{', '.join(['*b'] * 8)}, {'y' * rest}]\n" + ENTRY
+
+
+def test_exactly_the_text_limit_loads_and_one_more_character_is_refused(tmp_path: Path) -> None:
+    at_limit = text_file(MAX_TEXT)
+    assert expanded_text(compose(at_limit)) == MAX_TEXT
+    [spec] = load_storages(write(tmp_path, at_limit))
+    assert spec.name == "Results"
+
+    over = text_file(MAX_TEXT + 1)
+    assert expanded_text(compose(over)) == MAX_TEXT + 1
+    error = refused(write(tmp_path, over, "over.yml"))
+    assert error.line == 5 and "more than 8,388,608 characters of text once its aliases" in str(error)
+
+
+def test_a_long_text_used_many_times_is_refused(tmp_path: Path) -> None:
+    text = "x" * 1_000_000 + "${HOME}"  # 90,000 copies, each expanded on its own: 90 GB
+    path = write(
+        tmp_path,
+        ENTRY + f"    configuration:\n      s: &s {text}\n      copies: [{', '.join(['*s'] * 90_000)}]\n",
+    )
+    error = refused(path)
+    assert error.line == 6 and "more than 8,388,608 characters of text" in str(error)
 
 
 def test_exactly_the_depth_limit_loads_and_one_more_level_is_refused(tmp_path: Path) -> None:
@@ -269,6 +310,16 @@ def test_an_unprintable_file_name_is_escaped(tmp_path: Path) -> None:
     assert str(error).startswith(f"{tmp_path}/bad\\x1bname\\udcff.yml:1: 'storages:' must be")
 
 
+def test_a_name_of_a_megabyte_is_cut_short_in_the_message(tmp_path: Path) -> None:
+    name = "N" * 1_000_000
+    path = write(tmp_path, "storages:\n" + f"  - name: {name}\n    classname: InMemoryStorage\n" * 2)
+    error = refused(path)
+    assert len(str(error)) < 1_000 + len(str(path))
+    assert str(error) == (
+        f"{path}:4: storage '{'N' * 100}...': the name is used twice (first on line 2); storage names must be unique"
+    )
+
+
 @pytest.mark.parametrize(
     ("classname", "module", "missing"),
     [
@@ -340,6 +391,14 @@ def test_environment_text_that_yaml_cannot_read_is_one_line(tmp_path: Path, vari
 #: name -> (writes the file into a directory and returns its path, words the error line must hold)
 CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "alias bomb": (lambda d: write(d, alias_bomb(levels=9)), "more than 100,000 values"),
+    "text bomb": (
+        lambda d: write(
+            d,
+            ENTRY
+            + f"    configuration:\n      s: &s {'x' * 1_000_000}${{HOME}}\n      copies: [{', '.join(['*s'] * 90_000)}]\n",
+        ),
+        "more than 8,388,608 characters of text",
+    ),
     "300 levels": (lambda d: write(d, nested(300)), "nested more than 64 levels deep"),
     "control character": (
         lambda d: write(d, "# \x01\n" + ENTRY),
