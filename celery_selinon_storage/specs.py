@@ -17,7 +17,16 @@ from .options import check_options
 from .retry import DEFAULT_RETRY, RetryPolicy, retry_policy
 from .storages import BUILTIN_STORAGES, builtin_storage_class
 from .storages.base import JsonStorage
-from .yaml_source import LocatedDict, LocatedList, duplicate_key, load_yaml_file
+from .yaml_source import (
+    LONGEST_MESSAGE,
+    LocatedDict,
+    LocatedList,
+    describe_exception,
+    duplicate_key,
+    load_yaml_file,
+    printable,
+    shortened,
+)
 
 #: Keys a storage entry may have (``cache`` is Selinon's and is accepted, not used here).
 ENTRY_KEYS = ("name", "classname", "import", "configuration", "cache", "retry")
@@ -50,10 +59,35 @@ class StorageSpec:
 def load_storages(
     path: str | os.PathLike[str], environ: Mapping[str, str] | None = None
 ) -> list[StorageSpec]:
-    """Read and check a storages file (a Selinon ``nodes.yml`` works as is)."""
+    """Read and check a storages file (a Selinon ``nodes.yml`` works as is).
+
+    Whatever the file holds, the only exception is a ``ConfigurationError`` whose message is one
+    printable line.
+    """
     source = str(path)
-    document = load_yaml_file(Path(path))
-    return parse_storages(document, source, os.environ if environ is None else environ)
+    try:
+        document = load_yaml_file(Path(path))
+        return parse_storages(document, source, os.environ if environ is None else environ)
+    except ConfigurationError as exc:
+        raise _printable_error(exc) from None
+    except RecursionError:  # the limits in yaml_source should make this unreachable
+        raise ConfigurationError(
+            "the file is nested too deeply to be checked; flatten it", source=printable(source)
+        ) from None
+
+
+def _printable_error(exc: ConfigurationError) -> ConfigurationError:
+    """``exc``, or the same error escaped and cut short: a path or a message may hold any character."""
+    message = str(exc)
+    if message.isprintable() and len(message) <= LONGEST_MESSAGE:
+        return exc
+    return ConfigurationError(
+        shortened(printable(" ".join(exc.problem.split())), LONGEST_MESSAGE // 2),
+        source=None if exc.source is None else printable(exc.source),
+        line=exc.line,
+        storage=None if exc.storage is None else shortened(exc.storage, LONGEST_MESSAGE // 10),
+        option=None if exc.option is None else shortened(exc.option, LONGEST_MESSAGE // 10),
+    )
 
 
 def parse_storages(document: Any, source: str, environ: Mapping[str, str]) -> list[StorageSpec]:
@@ -106,6 +140,13 @@ def _parse_entry(entry: Any, line: int, source: str, environ: Mapping[str, str])
         raise ConfigurationError(
             "a storage needs a 'name:' (non-empty text)", source=source, line=entry.line_of("name")
         )
+    if not name.isprintable():
+        raise ConfigurationError(
+            "the name must be printable text (no control characters or lone surrogates); rename the storage",
+            source=source,
+            line=entry.line_of("name"),
+            storage=name,
+        )
 
     def fail(problem: str, key: str | None = None, option: str | None = None) -> ConfigurationError:
         return ConfigurationError(
@@ -139,19 +180,58 @@ def _parse_entry(entry: Any, line: int, source: str, environ: Mapping[str, str])
             raise ConfigurationError(
                 str(exc), source=source, line=configuration.line_of(option), storage=name, option=option
             ) from None
-    try:
-        options = check_options(cls, raw)
-        if issubclass(cls, JsonStorage):
-            cls(**options)  # built-in adapters check their options when built, without any I/O
-    except OptionProblem as exc:
-        line = configuration.line_of(exc.option) if exc.option in configuration else configuration.line
-        raise ConfigurationError(
-            str(exc), source=source, line=line, storage=name, option=exc.option
-        ) from None
+    options = _built_once(cls, raw, entry, configuration=configuration, source=source, fail=fail)
     retry = _retry_policy(entry.get("retry"), entry, source, name)
     return StorageSpec(
         name=name, cls=cls, options=options, source=source, line=entry.line_of("name"), retry=retry
     )
+
+
+def _built_once(
+    cls: type[DataStorage],
+    raw: dict[str, Any],
+    entry: LocatedDict,
+    *,
+    configuration: LocatedDict,
+    source: str,
+    fail: Any,
+) -> dict[str, Any]:
+    """The checked options, once one instance has been built with them (no adapter may do I/O then).
+
+    Built-in adapters check their option values when built; a custom one may read the environment.
+    Whatever either raises becomes one line naming the storage and the class.
+    """
+    name = entry["name"]
+    where = "configuration" if "configuration" in entry else "classname"
+    try:
+        options = check_options(cls, raw)
+    except OptionProblem as exc:
+        raise _option_error(exc, configuration, source, name) from None
+    except Exception as exc:  # noqa: BLE001 - e.g. environment text that YAML cannot read
+        raise fail(
+            f"the configuration cannot be checked ({describe_exception(exc)}); "
+            "check its values and the environment variables they use",
+            where,
+        ) from None
+    try:
+        cls(**options)
+    except OptionProblem as exc:
+        raise _option_error(exc, configuration, source, name) from None
+    except Exception as exc:  # noqa: BLE001 - whatever an adapter raises when built is the configuration's
+        raise fail(
+            f"{cls.__module__}.{cls.__qualname__} could not be built ({describe_exception(exc)}); "
+            "fix its configuration or the environment it reads",
+            where,
+        ) from None
+    return options
+
+
+def _option_error(
+    exc: OptionProblem, configuration: LocatedDict, source: str, name: str
+) -> ConfigurationError:
+    """One option's problem, on the line of that option (or of the configuration when it is missing)."""
+    line = configuration.line_of(exc.option) if exc.option in configuration else configuration.line
+    return ConfigurationError(str(exc), source=source, line=line, storage=name, option=exc.option)
 
 
 def _retry_policy(value: Any, entry: LocatedDict, source: str, storage: str) -> RetryPolicy:
@@ -227,6 +307,14 @@ def _resolve_class(entry: LocatedDict, name: str, fail: Any) -> type[DataStorage
     if not (isinstance(cls, type) and issubclass(cls, DataStorage)):
         raise fail(
             f"{classname!r} is not a subclass of selinon.DataStorage; a storage class must implement it",
+            "classname",
+        )
+    abstract = getattr(cls, "__abstractmethods__", ())
+    if abstract:
+        missing = ", ".join(sorted(abstract))
+        raise fail(
+            f"{classname!r} is an abstract class (it does not implement {missing}); "
+            "name a class that implements them, such as a built-in storage",
             "classname",
         )
     return cls

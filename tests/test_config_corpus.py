@@ -128,6 +128,61 @@ EXPECTED: dict[str, tuple[int | None, str | None, str | None, str]] = {
         "storage 'MyRedisStorage', option 'host': the option is written twice in one mapping "
         "(first on line 7); keep only one of them",
     ),
+    "alias_bomb.yml": (
+        11,
+        None,
+        None,
+        "the YAML holds more than 100,000 values once its aliases are expanded (each *alias counts as a copy "
+        "of what it names); a storages file needs far fewer: remove the aliases that multiply it",
+    ),
+    "deep_nesting.yml": (
+        5,
+        None,
+        None,
+        "the YAML is nested more than 64 levels deep; a storages file needs only a few levels: flatten it",
+    ),
+    "recursive_alias.yml": (
+        5,
+        None,
+        None,
+        "the alias *self is used inside the collection it names, which would make an endless structure; "
+        "remove the alias",
+    ),
+    "control_character.yml": (
+        3,
+        None,
+        None,
+        "invalid YAML: control character U+0001 in column 28 is not allowed anywhere, not even in a comment; "
+        "remove it (in a double-quoted string write it as \\x01)",
+    ),
+    "invalid_timestamp.yml": (
+        5,
+        None,
+        None,
+        "cannot read the value '2024-02-30' as !!timestamp (ValueError: day is out of range for month); "
+        "fix it, or quote it to keep it as text",
+    ),
+    "lone_surrogate_name.yml": (
+        2,
+        "Results \ud83d",
+        None,
+        "storage 'Results \\ud83d': the name must be printable text (no control characters or lone "
+        "surrogates); rename the storage",
+    ),
+    "abstract_class.yml": (
+        3,
+        "Results",
+        None,
+        "storage 'Results': 'JsonStorage' is an abstract class (it does not implement __init__, connect, "
+        "disconnect, is_connected, retrieve, store); name a class that implements them, such as a built-in storage",
+    ),
+    "custom_init_raises.yml": (
+        3,
+        "Legacy",
+        None,
+        "storage 'Legacy': tests.custom_adapters.EnvironmentUrlStorage could not be built "
+        "(KeyError: 'CSS_TEST_UNSET_STORAGE_HOST'); fix its configuration or the environment it reads",
+    ),
 }
 
 
