@@ -53,7 +53,7 @@ def _from_environment(text: ExpandedText, annotation: Any) -> Any:
         return str(text)
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # not a scalar YAML can read (2024-02-30): text
         return str(text)
     return value if isinstance(value, (int, float, bool)) or value is None else str(text)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,11 @@ ENTRY_KEYS = ("name", "classname", "import", "configuration", "cache", "retry")
 BUILTIN_MODULE_ALIASES = frozenset(
     {"selinon.storage", "selinon.storages", "celery_selinon_storage", "celery_selinon_storage.storages"}
 )
+
+
+#: True while the loader builds an instance only to check its options (then drops it): an adapter that
+#: counts or registers its instances can leave that one out.
+BUILDING_TO_CHECK: ContextVar[bool] = ContextVar("BUILDING_TO_CHECK", default=False)
 
 
 @dataclass(frozen=True)
@@ -213,6 +219,7 @@ def _built_once(
             "check its values and the environment variables they use",
             where,
         ) from None
+    checking = BUILDING_TO_CHECK.set(True)
     try:
         cls(**options)
     except OptionProblem as exc:
@@ -223,6 +230,8 @@ def _built_once(
             "fix its configuration or the environment it reads",
             where,
         ) from None
+    finally:
+        BUILDING_TO_CHECK.reset(checking)
     return options
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from selinon import DataStorage
 
 from celery_selinon_storage import MissingResultError
+from celery_selinon_storage.specs import BUILDING_TO_CHECK
 from celery_selinon_storage.storages.redis import RedisStorage
 
 
@@ -73,7 +74,8 @@ class RecordingStorage(DataStorage):  # type: ignore[misc]
         self.instance = uuid.uuid4().hex
         self.connected = False
         self.results: dict[str, Any] = {}
-        self._record("create")
+        if not BUILDING_TO_CHECK.get():  # the loader's check instance is built and dropped, never used
+            self._record("create")
 
     def __del__(self) -> None:
         """No cleanup here."""
@@ -121,7 +123,8 @@ class RecordingRedisStorage(RedisStorage):
     def __init__(self, log_path: str, label: str, **options: Any) -> None:
         super().__init__(**options)
         self.log_path, self.event_label, self.instance = log_path, label, uuid.uuid4().hex
-        self._record("create", managed=made_by_this_package())
+        if not BUILDING_TO_CHECK.get():
+            self._record("create", managed=made_by_this_package())
 
     def _record(self, event: str, task_id: str | None = None, **extra: Any) -> None:
         record_event(self.log_path, event, self.event_label, self.instance, task_id, **extra)
