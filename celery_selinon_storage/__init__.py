@@ -6,7 +6,7 @@ the built-in adapters. Everything else stays importable from its module and is n
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .bootstep import StorageStep, install
 from .errors import (
@@ -51,8 +51,16 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """The built-in adapters, imported on first use (each needs its driver)."""
-    if name in BUILTIN_STORAGES:
-        return builtin_storage_class(name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+if TYPE_CHECKING:  # type checkers see the adapters; at run time each is imported on first use
+    from .storages.memory import InMemoryStorage
+    from .storages.mongo import MongoStorage
+    from .storages.redis import RedisStorage
+    from .storages.s3 import S3Storage
+    from .storages.sql import SqlStorage
+else:
+
+    def __getattr__(name: str) -> Any:
+        """The built-in adapters, imported on first use (each needs its driver)."""
+        if name in BUILTIN_STORAGES:
+            return builtin_storage_class(name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

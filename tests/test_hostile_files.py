@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from celery_selinon_storage import ConfigurationError, load_storages, yaml_source
+from celery_selinon_storage import ConfigurationError, yaml_source
+from celery_selinon_storage.specs import load_storages
 from tests.custom_adapters import EnvironmentUrlStorage
 from tests.workers import WorkerProcess
 

@@ -1,10 +1,10 @@
-"""The built-in adapters, declared in one registry; each driver is imported only when its adapter is used."""
+"""The registry of built-in adapters; each driver is imported only when its adapter is used."""
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MissingDriverError
 
@@ -49,7 +49,11 @@ def require(driver: str, extra: str) -> None:
         ) from None
 
 
-def __getattr__(name: str) -> Any:
-    if name in BUILTIN_STORAGES:
-        return builtin_storage_class(name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+if not TYPE_CHECKING:  # hidden from type checkers, so that a misspelt import is an error there
+
+    def __getattr__(name: str) -> Any:
+        """``import: celery_selinon_storage.storages`` in a Selinon nodes.yml: Selinon looks the class up
+        on this module."""
+        if name in BUILTIN_STORAGES:
+            return builtin_storage_class(name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
