@@ -28,15 +28,10 @@ from .storages import BUILTIN_STORAGES, builtin_storage_class
 
 __all__ = [
     "ConfigurationError",
-    "InMemoryStorage",
     "InvalidRecordError",
     "MissingResultError",
-    "MongoStorage",
-    "RedisStorage",
     "ResultNotSerializableError",
     "ResultTooLargeError",
-    "S3Storage",
-    "SqlStorage",
     "StorageClosedError",
     "StorageError",
     "StorageNotFoundError",
@@ -51,12 +46,14 @@ __all__ = [
 ]
 
 
-if TYPE_CHECKING:  # type checkers see the adapters; at run time each is imported on first use
-    from .storages.memory import InMemoryStorage
-    from .storages.mongo import MongoStorage
-    from .storages.redis import RedisStorage
-    from .storages.s3 import S3Storage
-    from .storages.sql import SqlStorage
+# Type checkers see the adapters (tests/test_registry.py keeps this list equal to the registry); at run
+# time each is imported on first use, with its driver.
+if TYPE_CHECKING:
+    from .storages.memory import InMemoryStorage as InMemoryStorage
+    from .storages.mongo import MongoStorage as MongoStorage
+    from .storages.redis import RedisStorage as RedisStorage
+    from .storages.s3 import S3Storage as S3Storage
+    from .storages.sql import SqlStorage as SqlStorage
 else:
 
     def __getattr__(name: str) -> Any:

@@ -5,18 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import sqlalchemy as sa
 from selinon import DataStorage, SelinonMissingDataException
 
 from celery_selinon_storage import MissingResultError, ResultNotSerializableError
+from celery_selinon_storage.storages import BUILTIN_STORAGES, builtin_storage_class
 from celery_selinon_storage.storages.base import JsonStorage
-from celery_selinon_storage.storages.memory import InMemoryStorage
-from celery_selinon_storage.storages.mongo import MongoStorage
-from celery_selinon_storage.storages.redis import RedisStorage
-from celery_selinon_storage.storages.s3 import S3Storage
 from celery_selinon_storage.storages.sql import SqlStorage
 from tests.services import S3_KEYS
 
@@ -27,52 +23,65 @@ MiB = 1024 * 1024
 LARGEST = {"mariadb": 15 * MiB, "mongo": 15 * MiB}
 
 
-def _sql(url: str, request: pytest.FixtureRequest, unique: str) -> Factory:
-    def drop() -> None:
-        engine = sa.create_engine(SqlStorage(url).url, poolclass=sa.pool.NullPool)
-        with engine.begin() as connection:
-            connection.execute(sa.text(f"DROP TABLE IF EXISTS {unique}"))
-        engine.dispose()
+#: Every built-in adapter on every kind of server its registry entry names.
+CASES = [(name, server) for name, builtin in BUILTIN_STORAGES.items() for server in builtin.servers]
 
-    request.addfinalizer(drop)
-    return lambda: SqlStorage(url, table_name=unique)
-
-
-def _redis(url: str, request: pytest.FixtureRequest, unique: str) -> Factory:
-    parts = urlsplit(url)
-    db = int(parts.path.strip("/") or 0)
-    return lambda: RedisStorage(
-        host=parts.hostname or "localhost", port=parts.port or 6379, db=db, key_prefix=f"{unique}:", ttl=600
-    )
+#: Where each kind of server is: a fixture of conftest.py (sqlite and memory need none).
+SERVER_FIXTURES = {
+    "postgresql": "postgres_url",
+    "mariadb": "mariadb_url",
+    "redis": "redis_url",
+    "mongo": "mongo_uri",
+    "s3": "s3_endpoint",
+}
 
 
-def _s3(endpoint: str, request: pytest.FixtureRequest, unique: str) -> Factory:
-    return lambda: S3Storage(
-        bucket=unique, endpoint_url=endpoint, region_name="eu-central-1", use_ssl=False, **S3_KEYS
-    )
+def _server_url(server: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if server == "memory":
+        return "memory://"
+    if server == "sqlite":
+        return f"sqlite:///{tmp_path / 'results.sqlite3'}"
+    url = str(request.getfixturevalue(SERVER_FIXTURES[server]))
+    return url
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgresql", "mariadb", "redis", "mongo", "s3"])
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+def _drop_table(url: str, table: str) -> None:
+    engine = sa.create_engine(SqlStorage(url).url, poolclass=sa.pool.NullPool)
+    with engine.begin() as connection:
+        connection.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+    engine.dispose()
+
+
+@pytest.fixture(params=CASES, ids=[f"{name}-{server}" for name, server in CASES])
+def case(request: pytest.FixtureRequest) -> tuple[str, str]:
+    name, server = request.param
+    return str(name), str(server)
 
 
 @pytest.fixture
-def make(backend: str, request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> Factory:
-    if backend == "memory":
-        return InMemoryStorage
-    if backend == "sqlite":
-        return _sql(f"sqlite:///{tmp_path / 'results.sqlite3'}", request, unique)
-    if backend == "postgresql":
-        return _sql(request.getfixturevalue("postgres_url"), request, unique)
-    if backend == "mariadb":
-        return _sql(request.getfixturevalue("mariadb_url"), request, unique)
-    if backend == "redis":
-        return _redis(request.getfixturevalue("redis_url"), request, unique)
-    if backend == "mongo":
-        uri = request.getfixturevalue("mongo_uri")
-        return lambda: MongoStorage(db_name="css_tests", collection_name=unique, uri=uri)
-    return _s3(request.getfixturevalue("s3_endpoint"), request, unique)
+def backend(case: tuple[str, str]) -> str:
+    """The kind of server."""
+    return case[1]
+
+
+@pytest.fixture
+def make(
+    case: tuple[str, str],
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Factory:
+    name, server = case
+    url = _server_url(server, request, tmp_path)
+    options = BUILTIN_STORAGES[name].servers[server](url, unique)
+    if server in ("sqlite", "postgresql", "mariadb"):
+        request.addfinalizer(lambda: _drop_table(url, unique))
+    if server == "s3":  # boto3 reads the keys from the environment
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_KEYS["aws_access_key_id"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_KEYS["aws_secret_access_key"])
+    cls = builtin_storage_class(name)
+    return lambda: cls(**options)  # type: ignore[no-any-return]
 
 
 @pytest.fixture

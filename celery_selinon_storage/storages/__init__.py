@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MissingDriverError
+
+#: The options of a storage on a server at ``url``, its records kept apart under ``namespace``.
+OptionsFor = Callable[[str, str], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -16,16 +20,53 @@ class Builtin:
     module: str
     driver: str | None = None
     extra: str | None = None
+    #: Kind of server (``postgresql``, ``redis``, ...) -> the options of a storage on one such server,
+    #: its records under a namespace (a table, a key prefix, a collection, a bucket). The contract tests
+    #: run every built-in adapter on every kind of server named here.
+    servers: Mapping[str, OptionsFor] = field(default_factory=dict)
+
+
+def _sql(url: str, namespace: str) -> dict[str, Any]:
+    return {"connection_string": url, "table_name": namespace}
 
 
 #: Class name -> where it lives and what it needs. The JSON Schema, the ``[extras]`` of pyproject.toml
 #: (a test compares them) and the contract tests follow from this table.
 BUILTIN_STORAGES: dict[str, Builtin] = {
-    "InMemoryStorage": Builtin(".memory"),
-    "SqlStorage": Builtin(".sql", driver="sqlalchemy", extra="sql"),
-    "RedisStorage": Builtin(".redis", driver="redis", extra="redis"),
-    "MongoStorage": Builtin(".mongo", driver="pymongo", extra="mongo"),
-    "S3Storage": Builtin(".s3", driver="boto3", extra="s3"),
+    "InMemoryStorage": Builtin(".memory", servers={"memory": lambda url, namespace: {}}),
+    "SqlStorage": Builtin(
+        ".sql",
+        driver="sqlalchemy",
+        extra="sql",
+        servers={"sqlite": _sql, "postgresql": _sql, "mariadb": _sql},
+    ),
+    "RedisStorage": Builtin(
+        ".redis",
+        driver="redis",
+        extra="redis",
+        servers={"redis": lambda url, namespace: {"url": url, "key_prefix": f"{namespace}:", "ttl": 600}},
+    ),
+    "MongoStorage": Builtin(
+        ".mongo",
+        driver="pymongo",
+        extra="mongo",
+        servers={
+            "mongo": lambda url, namespace: {"uri": url, "db_name": "css_tests", "collection_name": namespace}
+        },
+    ),
+    "S3Storage": Builtin(
+        ".s3",
+        driver="boto3",
+        extra="s3",
+        servers={
+            "s3": lambda url, namespace: {
+                "endpoint_url": url,
+                "bucket": namespace,
+                "region_name": "eu-central-1",
+                "use_ssl": url.startswith("https:"),
+            }
+        },
+    ),
 }
 
 
