@@ -50,9 +50,10 @@ def run_batch(storage: ManagedStorage, calls: int, offset: int) -> float:
     return time.perf_counter() - started
 
 
-def compare(name: str, make: Callable[[], JsonStorage], rounds: int, calls: int) -> None:
-    locked = managed(make(), GuardKind.THREAD)
-    unlocked = managed(make(), GuardKind.NONE)
+def compare(name: str, make: Callable[[str], JsonStorage], rounds: int, calls: int) -> None:
+    # each side its own database: two connections to one SQLite file run at different speeds
+    locked = managed(make("locked"), GuardKind.THREAD)
+    unlocked = managed(make("unlocked"), GuardKind.NONE)
     seconds = {"thread lock": 0.0, "no lock": 0.0}
     for round_ in range(rounds):
         order = [("thread lock", locked), ("no lock", unlocked)]
@@ -77,9 +78,13 @@ def main() -> None:
     print("| adapter | ops/s with the thread lock | ops/s with no lock | ratio |")
     print("|---|---|---|---|")
     with tempfile.TemporaryDirectory() as directory:
-        database = Path(directory) / "bench.sqlite3"
-        compare("SqlStorage on SQLite", lambda: SqlStorage(f"sqlite:///{database}"), args.rounds, args.calls)
-    compare("in-memory, no I/O", UnsafeMemory, args.rounds, args.calls * 10)
+        compare(
+            "SqlStorage on SQLite",
+            lambda side: SqlStorage(f"sqlite:///{Path(directory) / side}.sqlite3"),
+            args.rounds,
+            args.calls,
+        )
+    compare("in-memory, no I/O", lambda side: UnsafeMemory(), args.rounds, args.calls * 10)
 
 
 if __name__ == "__main__":
