@@ -2,54 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from selinon import DataStorage, SelinonMissingDataException
 
 from celery_selinon_storage import MissingResultError, ResultNotSerializableError
-from celery_selinon_storage.storages import BUILTIN_STORAGES, builtin_storage_class
 from celery_selinon_storage.storages.base import JsonStorage
-from celery_selinon_storage.storages.sql import SqlStorage
-from tests.services import S3_KEYS
+from tests.backends import CASES, Factory, adapter_factory
 
-Factory = Callable[[], JsonStorage]
 MiB = 1024 * 1024
 
 #: Largest result tested per backend: 16 MiB, except where the server refuses it (README: limits).
 LARGEST = {"mariadb": 15 * MiB, "mongo": 15 * MiB}
-
-
-#: Every built-in adapter on every kind of server its registry entry names.
-CASES = [(name, server) for name, builtin in BUILTIN_STORAGES.items() for server in builtin.servers]
-
-#: Where each kind of server is: a fixture of conftest.py (sqlite and memory need none).
-SERVER_FIXTURES = {
-    "postgresql": "postgres_url",
-    "mariadb": "mariadb_url",
-    "redis": "redis_url",
-    "mongo": "mongo_uri",
-    "s3": "s3_endpoint",
-}
-
-
-def _server_url(server: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if server == "memory":
-        return "memory://"
-    if server == "sqlite":
-        return f"sqlite:///{tmp_path / 'results.sqlite3'}"
-    url = str(request.getfixturevalue(SERVER_FIXTURES[server]))
-    return url
-
-
-def _drop_table(url: str, table: str) -> None:
-    engine = sa.create_engine(SqlStorage(url).url, poolclass=sa.pool.NullPool)
-    with engine.begin() as connection:
-        connection.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
-    engine.dispose()
 
 
 @pytest.fixture(params=CASES, ids=[f"{name}-{server}" for name, server in CASES])
@@ -65,23 +32,8 @@ def backend(case: tuple[str, str]) -> str:
 
 
 @pytest.fixture
-def make(
-    case: tuple[str, str],
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
-    unique: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Factory:
-    name, server = case
-    url = _server_url(server, request, tmp_path)
-    options = BUILTIN_STORAGES[name].servers[server](url, unique)
-    if server in ("sqlite", "postgresql", "mariadb"):
-        request.addfinalizer(lambda: _drop_table(url, unique))
-    if server == "s3":  # boto3 reads the keys from the environment
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_KEYS["aws_access_key_id"])
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_KEYS["aws_secret_access_key"])
-    cls = builtin_storage_class(name)
-    return lambda: cls(**options)  # type: ignore[no-any-return]
+def make(case: tuple[str, str], request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> Factory:
+    return adapter_factory(case[1], request, tmp_path, unique)
 
 
 @pytest.fixture

@@ -32,13 +32,11 @@ from celery_selinon_storage.guards import GuardKind
 from celery_selinon_storage.managed import ManagedStorage
 from celery_selinon_storage.specs import load_storages
 from celery_selinon_storage.storages.base import JsonStorage
-from celery_selinon_storage.storages.memory import InMemoryStorage
-from celery_selinon_storage.storages.mongo import MongoStorage
 from celery_selinon_storage.storages.redis import RedisStorage
 from celery_selinon_storage.storages.s3 import S3Storage
 from celery_selinon_storage.storages.sql import SqlStorage
+from tests.backends import adapter_factory
 from tests.own_servers import OwnRedis
-from tests.services import S3_KEYS
 
 pytestmark = [pytest.mark.service, pytest.mark.timeout(120)]
 
@@ -91,46 +89,9 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> Sent:
 BACKENDS = ["memory", "sqlite", "postgresql", "mariadb", "redis", "mongo", "s3"]
 
 
-def _drop_table(url: str, table: str) -> None:
-    engine = sa.create_engine(SqlStorage(url).url, poolclass=sa.pool.NullPool)
-    with engine.begin() as connection:
-        connection.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
-    engine.dispose()
-
-
-def _sql(url: str, request: pytest.FixtureRequest, unique: str) -> Factory:
-    request.addfinalizer(lambda: _drop_table(url, unique))
-    return lambda: SqlStorage(url, table_name=unique)
-
-
 def make_factory(backend: str, request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> Factory:
     """A new, unconnected adapter of ``backend`` on its real server, with names of this test's own."""
-    if backend == "memory":
-        return InMemoryStorage
-    if backend == "sqlite":
-        return _sql(f"sqlite:///{tmp_path / 'results.sqlite3'}", request, unique)
-    if backend in ("postgresql", "mariadb"):
-        return _sql(
-            request.getfixturevalue({"postgresql": "postgres_url"}.get(backend, "mariadb_url")),
-            request,
-            unique,
-        )
-    if backend == "redis":
-        parts = urlsplit(request.getfixturevalue("redis_url"))
-        return lambda: RedisStorage(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 6379,
-            db=int(parts.path.strip("/") or 0),
-            key_prefix=f"{unique}:",
-            ttl=600,
-        )
-    if backend == "mongo":
-        uri = request.getfixturevalue("mongo_uri")
-        return lambda: MongoStorage(db_name="css_tests", collection_name=unique, uri=uri)
-    endpoint = request.getfixturevalue("s3_endpoint")
-    return lambda: S3Storage(
-        bucket=unique, endpoint_url=endpoint, region_name="eu-central-1", use_ssl=False, **S3_KEYS
-    )
+    return adapter_factory(backend, request, tmp_path, unique)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import sqlalchemy as sa
@@ -36,11 +35,8 @@ from celery_selinon_storage.errors import (
 from celery_selinon_storage.guards import GuardKind
 from celery_selinon_storage.managed import ManagedStorage
 from celery_selinon_storage.storages.base import JsonStorage
-from celery_selinon_storage.storages.mongo import MongoStorage
-from celery_selinon_storage.storages.redis import RedisStorage
-from celery_selinon_storage.storages.s3 import S3Storage
 from celery_selinon_storage.storages.sql import SqlStorage
-from tests.services import S3_KEYS
+from tests.backends import adapter_factory
 
 pytestmark = [pytest.mark.service, pytest.mark.timeout(120)]
 
@@ -243,46 +239,19 @@ MARIADB_OPTIONS: dict[str, Any] = {
 }
 
 
-def _drop_table(url: str, table: str) -> None:
-    engine = sa.create_engine(SqlStorage(url).url, poolclass=sa.pool.NullPool)
-    with engine.begin() as connection:
-        connection.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
-    engine.dispose()
-
-
-def _sql(url: str, request: pytest.FixtureRequest, unique: str, options: dict[str, Any]) -> Factory:
-    request.addfinalizer(lambda: _drop_table(url, unique))
-    return lambda: SqlStorage(url, table_name=unique, engine_options=options)
+#: What each backend's adapter gets besides the registry's options: short enough timeouts that a
+#: connection left out of step fails instead of hanging, and SQLite's tapped connections.
+EXTRA_OPTIONS: dict[str, dict[str, Any]] = {
+    "sqlite": {"engine_options": {"connect_args": {"factory": TappedSqliteConnection}}},
+    "postgresql": {"engine_options": PG_OPTIONS},
+    "mariadb": {"engine_options": MARIADB_OPTIONS},
+    "redis": {"socket_timeout": 5},
+}
 
 
 def make_factory(backend: str, request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> Factory:
     """A new, unconnected adapter of ``backend`` on its real server, with names of this test's own."""
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'results.sqlite3'}"
-        return lambda: SqlStorage(
-            url, table_name=unique, engine_options={"connect_args": {"factory": TappedSqliteConnection}}
-        )
-    if backend == "postgresql":
-        return _sql(request.getfixturevalue("postgres_url"), request, unique, PG_OPTIONS)
-    if backend == "mariadb":
-        return _sql(request.getfixturevalue("mariadb_url"), request, unique, MARIADB_OPTIONS)
-    if backend == "redis":
-        parts = urlsplit(request.getfixturevalue("redis_url"))
-        return lambda: RedisStorage(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 6379,
-            db=int(parts.path.strip("/") or 0),
-            key_prefix=f"{unique}:",
-            ttl=600,
-            socket_timeout=5,
-        )
-    if backend == "mongo":
-        uri = request.getfixturevalue("mongo_uri")
-        return lambda: MongoStorage(db_name="css_tests", collection_name=unique, uri=uri)
-    endpoint = request.getfixturevalue("s3_endpoint")
-    return lambda: S3Storage(
-        bucket=unique, endpoint_url=endpoint, region_name="eu-central-1", use_ssl=False, **S3_KEYS
-    )
+    return adapter_factory(backend, request, tmp_path, unique, **EXTRA_OPTIONS.get(backend, {}))
 
 
 def connected(adapter: JsonStorage, request: pytest.FixtureRequest) -> JsonStorage:
