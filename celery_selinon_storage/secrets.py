@@ -44,8 +44,9 @@ SECRET_NAME_WORDS = ("pwd", "key")
 
 _CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
-#: hosts (IPv6 in brackets), each with an optional numeric port, comma-separated (MongoDB seed lists)
-_HOST_PORT = r"(?:\[[0-9A-Fa-f:.%\w-]*\]|[\w.~%-]*)(?::\d+)?"
+#: hosts (IPv6 in brackets; Selinon's ``{VAR}`` and our ``${VAR}`` placeholders too), each with an
+#: optional numeric port, comma-separated (MongoDB seed lists)
+_HOST_PORT = r"(?:\[[0-9A-Fa-f:.%\w-]*\]|[\w.~%${}-]*)(?::\d+)?"
 _PLAIN_AUTHORITY = re.compile(f"{_HOST_PORT}(?:,{_HOST_PORT})*")
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]*")
 _TRAILING_PUNCTUATION = ").,;:!?]}"

@@ -437,3 +437,10 @@ def test_no_reference_error_quotes_its_body(body: str) -> None:
         expand(f"pw${{{marked}}}", {})
     except InvalidReference as exc:
         assert marked not in str(exc) and "pw" not in str(exc)
+
+
+def test_a_placeholder_host_keeps_its_port() -> None:
+    # Selinon's nodes.yml files write hosts as {REDIS_HOST}: a host, not a user name and password
+    assert mask_url("redis://{REDIS_HOST}:6379/13") == "redis://{REDIS_HOST}:6379/13"
+    assert mask_url("redis://${REDIS_HOST}:6379/13") == "redis://${REDIS_HOST}:6379/13"
+    assert mask_url("redis://:pw@{REDIS_HOST}:6379/13") == "redis://:***@{REDIS_HOST}:6379/13"
