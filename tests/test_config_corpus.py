@@ -173,8 +173,9 @@ EXPECTED: dict[str, tuple[int | None, str | None, str | None, str]] = {
         3,
         "Results",
         None,
-        "storage 'Results': 'JsonStorage' is an abstract class (it does not implement __init__, connect, "
-        "disconnect, is_connected, retrieve, store); name a class that implements them, such as a built-in storage",
+        "storage 'Results': 'JsonStorage' is an abstract class (it does not implement __init__, _open, _read, "
+        "_remove, _write); "
+        "name a class that implements them, such as a built-in storage",
     ),
     "custom_init_raises.yml": (
         3,

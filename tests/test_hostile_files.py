@@ -325,7 +325,7 @@ def test_a_name_of_a_megabyte_is_cut_short_in_the_message(tmp_path: Path) -> Non
     ("classname", "module", "missing"),
     [
         ("DataStorage", "selinon", "__init__, connect, disconnect, is_connected, retrieve, store"),
-        ("ClientStorage", "celery_selinon_storage.storages.base", "__init__, connect, retrieve, store"),
+        ("JsonStorage", "celery_selinon_storage.storages.base", "__init__, _open, _read, _remove, _write"),
     ],
 )
 def test_an_abstract_class_is_refused(tmp_path: Path, classname: str, module: str, missing: str) -> None:

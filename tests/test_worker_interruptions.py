@@ -99,7 +99,7 @@ def read_back(storage: SqlStorage, task_id: str) -> object:
 
 def drop_table(url: str, table: str) -> None:
     with fresh_storage(url, table) as storage:
-        storage._connection.exec_driver_sql(f"DROP TABLE {table}")
+        storage.handle().connection.exec_driver_sql(f"DROP TABLE {table}")
 
 
 def short(value: object) -> object:

@@ -9,6 +9,7 @@ one record.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import traceback
@@ -112,6 +113,7 @@ class JsonStorage(DataStorage):  # type: ignore[misc]
             raise ConnectionError(f"storage {self.label!r} is not connected")
         return self._handle
 
+    @abc.abstractmethod
     def _open(self) -> Any:
         """A new connection (or client) to the backend."""
         raise NotImplementedError
@@ -164,14 +166,17 @@ class JsonStorage(DataStorage):  # type: ignore[misc]
                     self.disconnect()
             raise
 
+    @abc.abstractmethod
     def _write(self, record: Record) -> Any:
         """Write ``record`` (an upsert by task id); returns the record's id in the backend."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def _read(self, task_id: str) -> str | bytes | None:
         """The stored JSON of ``task_id``, or None."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def _remove(self, task_id: str) -> bool:
         """Delete the record of ``task_id``; whether there was one."""
         raise NotImplementedError
