@@ -24,6 +24,9 @@ def make_test_app(name: str) -> Celery:
         task_default_queue=os.environ.get("CSS_TEST_QUEUE", "celery"),
         worker_prefetch_multiplier=1,
         result_expires=600,
+        # kombu's Redis transport pools 10 connections by default: gevent -c 16 acking retried tasks while
+        # a storage server restarts ran out of them ("Couldn't ack ... MaxConnectionsError")
+        broker_transport_options={"max_connections": 64},
     )
     install(celery_app)
     return celery_app
