@@ -66,7 +66,8 @@ def load_text(text: str) -> None:
     assert all(isinstance(spec, StorageSpec) for spec in specs)
 
 
-FUZZ = settings(max_examples=4000, deadline=None, suppress_health_check=list(HealthCheck))
+#: Examples and deadline from the loaded profile (tests/hypothesis_profiles.py: 1000 under CI, 100 else).
+FUZZ = settings(suppress_health_check=list(HealthCheck))
 
 
 @FUZZ
@@ -81,7 +82,7 @@ def test_arbitrary_documents(document: object) -> None:
     load_text(yaml.safe_dump(document, allow_unicode=True))
 
 
-@settings(max_examples=4000, deadline=None, suppress_health_check=list(HealthCheck))
+@FUZZ
 @given(raw_text)
 def test_arbitrary_text(text: str) -> None:
     load_text(text)
