@@ -9,9 +9,12 @@ from typing import Any
 
 import pytest
 
+from tests import hypothesis_profiles
 from tests.servers import mongo_wire_server, s3_server
 from tests.services import MARIADB_URL, MONGO_URI, POSTGRES_URL, REDIS_URL, S3_ENDPOINT, require_server
 from tests.workers import WorkerProcess
+
+hypothesis_profiles.load()  # before any test module builds its settings
 
 
 @pytest.fixture

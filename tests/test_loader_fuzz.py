@@ -74,7 +74,8 @@ def load_text(directory: Path, text: str) -> None:
     assert all(isinstance(spec, StorageSpec) for spec in specs)
 
 
-FUZZ = settings(max_examples=4000, deadline=None, suppress_health_check=list(HealthCheck))
+#: Examples and deadline from the loaded profile (tests/hypothesis_profiles.py: 1000 under CI, 100 else).
+FUZZ = settings(suppress_health_check=list(HealthCheck))
 
 
 @FUZZ
@@ -89,7 +90,7 @@ def test_arbitrary_documents(directory: Path, document: object) -> None:
     load_text(directory, yaml.safe_dump(document, allow_unicode=True))
 
 
-@settings(max_examples=4000, deadline=None, suppress_health_check=list(HealthCheck))
+@FUZZ
 @given(raw_text)
 def test_arbitrary_text(directory: Path, text: str) -> None:
     load_text(directory, text)
