@@ -247,6 +247,9 @@ class InterruptibleDict(dict[str, str]):
     def __setitem__(self, key: str, value: str) -> None:
         self.injector.around("send", lambda: super(InterruptibleDict, self).__setitem__(key, value))
 
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return self.injector.around("receive", lambda: super(InterruptibleDict, self).get(key, default))
+
     def pop(self, key: str, *default: Any) -> Any:  # type: ignore[override]
         return self.injector.around("send", lambda: super(InterruptibleDict, self).pop(key, *default))
 
@@ -258,6 +261,5 @@ class InterruptibleMemoryStorage(InMemoryStorage):
         super().__init__(max_records)
         self.injector = injector
 
-    def connect(self) -> None:
-        if self._records is None:
-            self._records = InterruptibleDict(self.injector)
+    def _open(self) -> InterruptibleDict:
+        return InterruptibleDict(self.injector)

@@ -51,14 +51,19 @@ RESULTS: list[Any] = [
     2**70,
     [],
     None,
+    # floats JSON writes with an exponent stay floats (PostgreSQL's JSONB gave 1e16 back as an integer)
+    [1e16, -1.7976931348623157e308, 5e-324, 1.5],
 ]
 
 
-@pytest.mark.parametrize("result", RESULTS, ids=["nested", "unicode", "big-int", "empty-list", "null"])
+@pytest.mark.parametrize(
+    "result", RESULTS, ids=["nested", "unicode", "big-int", "empty-list", "null", "floats"]
+)
 def test_retrieve_returns_exactly_what_was_stored(storage: JsonStorage, result: Any) -> None:
     record_id = storage.store({"arg": 1}, "flow", "task", "task-1", result)
     assert record_id is not None
     assert storage.retrieve("flow", "task", "task-1") == result
+    assert repr(storage.retrieve("flow", "task", "task-1")) == repr(result)  # int stays int, float float
 
 
 def test_storing_a_task_id_again_replaces_the_record(storage: JsonStorage) -> None:

@@ -35,7 +35,7 @@ from celery_selinon_storage import (
 )
 from celery_selinon_storage.guards import GuardKind
 from celery_selinon_storage.managed import ManagedStorage
-from celery_selinon_storage.retry import ExponentialBackoff, RetryPolicy
+from celery_selinon_storage.retry import FullJitterBackoff, RetryPolicy
 from celery_selinon_storage.storages.base import JsonStorage, error_record
 from celery_selinon_storage.storages.mongo import MongoStorage
 from celery_selinon_storage.storages.redis import RedisStorage
@@ -66,7 +66,7 @@ pytestmark = [
 IDS = ("abc", "ABC", "abc ", "ábc")
 FLOW, TASK, NODE_ARGS = "flow", "task", {"arg": 1}
 #: Retries as the worker's default policy makes them, without its pauses.
-QUICK_RETRY = RetryPolicy(attempts=3, backoff=ExponentialBackoff(base=0.001, cap=0.01))
+QUICK_RETRY = RetryPolicy(attempts=3, backoff=FullJitterBackoff(base=0.001, cap=0.01))
 #: Seconds a driver waits for its server: a connection out of step fails the call instead of hanging it.
 TIMEOUT = 2
 
@@ -280,7 +280,7 @@ class StorageModel(RuleBasedStateMachine):
         if self.settled:
             self.backend.spares.append(self.storage)
         else:
-            self.storage.close()
+            self.storage.shut_down()
 
     def call(self, do: Callable[[], Any], shot: Shot | None = None) -> Outcome:
         """``do()``'s outcome, under ``shot`` if given; the storage is unsettled until the invariant holds."""
@@ -505,7 +505,7 @@ def backend(
     made = _backend(str(request.param), request, injector, tmp_path, unique)
     yield made
     for storage in made.spares:
-        storage.close()
+        storage.shut_down()
     gc.collect()  # sockets of interrupted drivers warn now, under this module's filter
 
 
@@ -560,7 +560,7 @@ def test_the_injector_sees_the_drivers_own_sends_and_receives(backend: Backend) 
                 call()
             seen.append(list(events))
     finally:
-        storage.close()
+        storage.shut_down()
     every = [event for events in seen for event in events]
     assert {kind for kind, _ in every} == {"send", "receive"}, seen
     assert {module for _, module in every} <= backend.drivers, seen

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from celery_selinon_storage import ResultTooLargeError
+from celery_selinon_storage import ResultNotSerializableError, ResultTooLargeError
 from celery_selinon_storage.storages.mongo import MongoStorage
 from celery_selinon_storage.storages.redis import RedisStorage
 from celery_selinon_storage.storages.s3 import S3Storage
@@ -34,17 +35,58 @@ def test_the_seed_postgres_url_works_as_written() -> None:
     assert "postgres:postgres@" not in repr(storage) and "***" in repr(storage)
 
 
-def test_postgresql_keeps_results_in_jsonb_with_a_unique_task_id(postgres_url: str, unique: str) -> None:
+def test_postgresql_keeps_results_as_written_with_a_unique_task_id(postgres_url: str, unique: str) -> None:
     storage = SqlStorage(postgres_url, table_name=unique)
     storage.connect()
     try:
         inspector = sa.inspect(storage.handle().connection)
         columns = {column["name"]: str(column["type"]) for column in inspector.get_columns(unique)}
-        assert columns["result"] == "JSONB" and columns["node_args"] == "JSONB"
+        # json, not JSONB: JSONB rewrites numbers (1e16 came back as the integer 10000000000000000)
+        assert columns["result"] == "JSON" and columns["node_args"] == "JSON"
         assert inspector.get_pk_constraint(unique)["constrained_columns"] == ["task_id"]
     finally:
         storage.handle().connection.exec_driver_sql(f"DROP TABLE {unique}")
         storage.disconnect()
+
+
+#: The results table as version 0.1 made it on PostgreSQL: JSONB columns.
+JSONB_TABLE = """
+CREATE TABLE {table} (
+    task_id VARCHAR(255) PRIMARY KEY, flow_name VARCHAR(255), task_name VARCHAR(255),
+    node_args JSONB, result JSONB, updated_at TIMESTAMP WITH TIME ZONE DEFAULT now()
+)
+"""
+
+
+def test_a_jsonb_table_of_0_1_refuses_only_what_it_would_change_and_says_how_to_migrate(
+    postgres_url: str, unique: str
+) -> None:
+    engine = sa.create_engine(SqlStorage(postgres_url).url, poolclass=sa.pool.NullPool)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(JSONB_TABLE.format(table=unique))
+    storage = SqlStorage(postgres_url, table_name=unique)
+    storage.connect()
+    try:
+        storage.store(None, "f", "t", "plain", {"n": 1, "x": 2.5})
+        assert storage.retrieve("f", "t", "plain") == {"n": 1, "x": 2.5}
+        migrations = set()
+        for result, what in (([1e16], "the float 1e+16"), ({"s": "a\x00b"}, "the character U+0000")):
+            with pytest.raises(ResultNotSerializableError, match=f"it holds {re.escape(what)}") as caught:
+                storage.store(None, "f", "t", "big", result)
+            migrations.update(re.findall(r"ALTER TABLE [^;]+", str(caught.value)))
+        [migrate] = migrations
+        storage.disconnect()
+        with engine.begin() as connection:
+            connection.exec_driver_sql(migrate)
+        storage.connect()
+        storage.store(None, "f", "t", "big", [1e16, "a\x00b"])
+        assert repr(storage.retrieve("f", "t", "big")) == repr([1e16, "a\x00b"])
+        assert storage.retrieve("f", "t", "plain") == {"n": 1, "x": 2.5}  # the old records survive it
+    finally:
+        storage.disconnect()
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"DROP TABLE {unique}")
+        engine.dispose()
 
 
 @pytest.mark.parametrize("server", ["postgres_url", "mariadb_url"])

@@ -51,6 +51,7 @@ class Record:
     flow_name: str
     task_name: str
     node_args: Any
+    result: Any
     text: str
     data: bytes
 
@@ -193,7 +194,7 @@ class JsonStorage(DataStorage):  # type: ignore[misc]
             raise ResultNotSerializableError(
                 self.label, task_id, f"it holds text that is not valid Unicode ({_position(exc)})"
             ) from None
-        return Record(task_id, flow_name, task_name, node_args, text, data)
+        return Record(task_id, flow_name, task_name, node_args, result, text, data)
 
     def check_keys(self, task_id: Any, flow_name: Any, task_name: Any) -> None:
         """Ids and names are text of at most 255 characters, with no control characters."""

@@ -11,6 +11,7 @@ from urllib.parse import quote, urlsplit
 import boto3
 import botocore.config
 import botocore.exceptions
+import urllib3.exceptions
 
 from ..errors import InvalidRecordError, OptionProblem
 from ..secrets import mask_url
@@ -48,6 +49,9 @@ class S3Storage(JsonStorage):
         botocore.exceptions.ConnectionError,
         botocore.exceptions.ConnectionClosedError,
         botocore.exceptions.ReadTimeoutError,
+        botocore.exceptions.ResponseStreamingError,
+        # a connection lost while the body is read comes through botocore unwrapped
+        urllib3.exceptions.ProtocolError,
         ConnectionError,
     )
 

@@ -8,6 +8,7 @@ autocommit mode: one round trip per store, retrieve or delete, as fast as the pl
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import socket
 from dataclasses import dataclass
@@ -62,14 +63,16 @@ class _Session:
 
     engine: Any
     connection: Any  # SQLAlchemy's, kept for DDL and closing
-    cursor: Any  # the DBAPI cursor every call uses
-    statements: _Statements
     dialect: str
-    max_statement_bytes: int | None  # MariaDB/MySQL: max_allowed_packet
+    cursor: Any = None  # the DBAPI cursor every call uses
+    statements: _Statements | None = None
+    max_statement_bytes: int | None = None  # MariaDB/MySQL: max_allowed_packet
+    #: PostgreSQL: a table made by version 0.1 keeps results in JSONB, which rewrites numbers
+    legacy_jsonb: bool = False
 
 
 class SqlStorage(JsonStorage):
-    """One row per task id (the primary key), the result in the dialect's JSON type (JSONB on PostgreSQL).
+    """One row per task id (the primary key), the result in the dialect's JSON type, kept as written.
 
     Holds one connection per instance, so the worker's guard serialises its callers. Task ids compare
     byte for byte on every dialect (MySQL: a binary column).
@@ -126,20 +129,14 @@ class SqlStorage(JsonStorage):
         dbapi = engine.dialect.loaded_dbapi
         # OSError: pg8000 lets a socket timeout out unwrapped, and the socket is useless after it
         self._lost_connection_errors = (dbapi.OperationalError, dbapi.InterfaceError, OSError)
-        dialect = engine.dialect.name
-        table = _results_table(self.table_name, dialect)
-        return _Session(
-            engine=engine,
-            connection=connection,
-            cursor=None,
-            statements=_Statements.compile(table, engine.dialect),
-            dialect=dialect,
-            max_statement_bytes=None,
-        )
+        return _Session(engine=engine, connection=connection, dialect=engine.dialect.name)
 
     def _verify(self, handle: _Session) -> None:
-        table = _results_table(self.table_name, handle.dialect)
-        _create_table(handle.connection, table)
+        _create_table(handle.connection, _results_table(self.table_name, handle.dialect))
+        if handle.dialect == "postgresql":
+            handle.legacy_jsonb = _result_column_type(handle.connection, self.table_name) == "jsonb"
+        table = _results_table(self.table_name, handle.dialect, jsonb=handle.legacy_jsonb)
+        handle.statements = _Statements.compile(table, handle.connection.dialect)
         if handle.dialect in ("mysql", "mariadb"):
             _refuse_folding_task_ids(handle.connection, self.table_name, self.label)
             limit: Any = handle.connection.exec_driver_sql("SELECT @@max_allowed_packet").scalar()
@@ -171,11 +168,8 @@ class SqlStorage(JsonStorage):
     def _write(self, record: Record) -> str:
         session: _Session = self.handle()
         node_args = _node_args_json(record.node_args)
-        if session.dialect == "postgresql":
-            if _JSON_NUL.search(record.text):
-                raise ResultNotSerializableError(
-                    self.label, record.task_id, "PostgreSQL's JSONB cannot hold the character U+0000"
-                )
+        if session.legacy_jsonb:
+            self._check_jsonb(record)
             if _JSON_NUL.search(node_args):
                 node_args = to_json(ascii(record.node_args))
         row = (record.task_id, record.flow_name, record.task_name, node_args, record.text)
@@ -193,6 +187,23 @@ class SqlStorage(JsonStorage):
         session: _Session = self.handle()
         return bool(self._execute(session, "delete", (task_id,)).rowcount)
 
+    def _check_jsonb(self, record: Record) -> None:
+        """A table made by version 0.1 keeps results in JSONB, which cannot hold U+0000 and rewrites
+        1e16 as the integer 10000000000000000: refuse what it would not give back exactly."""
+        problem = None
+        if _JSON_NUL.search(record.text):
+            problem = "it holds the character U+0000"
+        elif (number := _large_float(record.result)) is not None:
+            problem = f"it holds the float {number!r}, which JSONB gives back as an integer"
+        if problem is not None:
+            raise ResultNotSerializableError(
+                self.label,
+                record.task_id,
+                f"{problem}, and table {self.table_name!r} keeps results in JSONB (made by version 0.1); "
+                f"migrate it once with: ALTER TABLE {self.table_name} ALTER COLUMN result TYPE json "
+                "USING result::text::json",
+            )
+
     def _check_size(self, limit: int, record: Record, node_args: str) -> None:
         """MariaDB/MySQL drop a connection whose statement exceeds max_allowed_packet: refuse it first."""
         encoded = [record.data, *(value.encode() for value in (record.task_id, record.flow_name, node_args))]
@@ -206,6 +217,7 @@ class SqlStorage(JsonStorage):
             )
 
     def _execute(self, session: _Session, name: str, values: tuple[Any, ...]) -> Any:
+        assert session.statements is not None  # compiled when the connection was verified
         sql, arguments = session.statements.bind(name, values)
         session.cursor.execute(sql, arguments)
         return session.cursor
@@ -256,7 +268,7 @@ class _Statements:
 
 
 def _upsert(table: sa.Table, dialect: str) -> Any:
-    json_cast = postgresql.JSONB() if dialect == "postgresql" else None
+    json_cast = table.c.result.type if dialect == "postgresql" else None
     values = {
         column: sa.cast(sa.bindparam(column, type_=sa.Text()), json_cast)
         if json_cast is not None and column in ("node_args", "result")
@@ -281,7 +293,7 @@ def _upsert(table: sa.Table, dialect: str) -> Any:
 
 
 def _result_as_text(table: sa.Table, dialect: str) -> Any:
-    # JSONB comes back decoded by some drivers and not others: ask for text and decode it here.
+    # JSON comes back decoded by some drivers and not others: ask for text and decode it here.
     return sa.cast(table.c.result, sa.Text()) if dialect == "postgresql" else table.c.result
 
 
@@ -325,9 +337,11 @@ def _error_code(error: BaseException) -> str | int:
     return code if isinstance(code, str) else ""
 
 
-def _results_table(name: str, dialect: str) -> sa.Table:
+def _results_table(name: str, dialect: str, jsonb: bool = False) -> sa.Table:
+    # PostgreSQL: json keeps the text as written (JSONB would give 1e16 back as 10000000000000000).
     # SQLite's JSON is text: a column typed "JSON" would get NUMERIC affinity and turn "12" into 12.
-    json_type: Any = {"postgresql": postgresql.JSONB(), "sqlite": sa.Text()}.get(dialect, sa.JSON())
+    postgres_json = postgresql.JSONB() if jsonb else postgresql.JSON()
+    json_type: Any = {"postgresql": postgres_json, "sqlite": sa.Text()}.get(dialect, sa.JSON())
     task_id: Any = _MYSQL_TASK_ID if dialect in ("mysql", "mariadb") else sa.String(255)
     return sa.Table(
         name,
@@ -348,6 +362,30 @@ def _create_table(connection: Any, table: sa.Table) -> None:
     except sa.exc.DBAPIError:
         if not sa.inspect(connection).has_table(table.name):
             raise
+
+
+def _result_column_type(connection: Any, table: str) -> str:
+    """The type of the result column of a PostgreSQL table (``json``, or ``jsonb`` when made by 0.1)."""
+    found = connection.exec_driver_sql(
+        "SELECT data_type FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = %s AND column_name = 'result'",
+        (table,),
+    ).scalar()
+    return str(found or "").lower()
+
+
+def _large_float(value: Any) -> float | None:
+    """The first float in ``value`` that JSON writes with a positive exponent (1e16 and beyond)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float) and abs(item) >= 1e16 and math.isfinite(item):
+            return item
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
+    return None
 
 
 def _refuse_folding_task_ids(connection: Any, table: str, storage: str) -> None:
