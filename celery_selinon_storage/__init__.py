@@ -46,14 +46,9 @@ __all__ = [
 ]
 
 
-# Type checkers see the adapters (tests/test_registry.py keeps this list equal to the registry); at run
-# time each is imported on first use, with its driver.
+# The adapters: type checkers see the registry module's; at run time each is imported on first use.
 if TYPE_CHECKING:
-    from .storages.memory import InMemoryStorage as InMemoryStorage
-    from .storages.mongo import MongoStorage as MongoStorage
-    from .storages.redis import RedisStorage as RedisStorage
-    from .storages.s3 import S3Storage as S3Storage
-    from .storages.sql import SqlStorage as SqlStorage
+    from .storages import *  # noqa: F403
 else:
 
     def __getattr__(name: str) -> Any:

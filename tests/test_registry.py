@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 
 import celery_selinon_storage
+import celery_selinon_storage.storages
 from celery_selinon_storage.storages import BUILTIN_STORAGES, builtin_storage_class
 
 PYPROJECT = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
@@ -46,6 +47,6 @@ def test_every_adapter_is_exported_and_names_a_server_to_test_on() -> None:
 
 
 def test_type_checkers_see_every_adapter_of_the_registry() -> None:
-    source = Path(celery_selinon_storage.__file__).read_text()
+    source = Path(celery_selinon_storage.storages.__file__).read_text()
     block = source.split("if TYPE_CHECKING:", 1)[1].split("else:", 1)[0]
     assert sorted(re.findall(r"import (\w+) as", block)) == sorted(BUILTIN_STORAGES)

@@ -90,7 +90,15 @@ def require(driver: str, extra: str) -> None:
         ) from None
 
 
-if not TYPE_CHECKING:  # hidden from type checkers, so that a misspelt import is an error there
+# What type checkers see of the adapters (a test keeps these equal to the registry above); at run time
+# each is imported on first use, by __getattr__, with its driver.
+if TYPE_CHECKING:
+    from .memory import InMemoryStorage as InMemoryStorage
+    from .mongo import MongoStorage as MongoStorage
+    from .redis import RedisStorage as RedisStorage
+    from .s3 import S3Storage as S3Storage
+    from .sql import SqlStorage as SqlStorage
+else:  # hidden from type checkers, so that a misspelt import is an error there
 
     def __getattr__(name: str) -> Any:
         """``import: celery_selinon_storage.storages`` in a Selinon nodes.yml: Selinon looks the class up
