@@ -87,7 +87,7 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
     __hash__ = object.__hash__
 
     def __del__(self) -> None:
-        """Closing is the lifecycle's job (``close``), never the garbage collector's."""
+        """Closing is the owner's job (``shut_down``), never the garbage collector's."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -136,7 +136,7 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
 
     @property
     def closed(self) -> bool:
-        """Whether ``close`` has been called."""
+        """Whether ``shut_down`` has been called."""
         return self._closed
 
     # -- DataStorage -------------------------------------------------------------------------
