@@ -8,9 +8,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .background import run_with_deadline
-from .secrets import scrub, secret_values
+from .secrets import public_target, scrub, secret_values
 from .specs import StorageSpec
-from .storages.base import JsonStorage
 
 #: Say that a storage is slow to answer every this many seconds.
 PROGRESS_EVERY = 1.0
@@ -36,13 +35,8 @@ def check_storage(spec: StorageSpec, timeout: float, on_slow: Callable[[str, flo
     """Build the storage, connect it (at most ``timeout`` seconds), disconnect it."""
     secrets = secret_values(spec.options)
     adapter = spec.create()
-    # a built-in adapter's repr is scrubbed again (URLs in it masked by structure, secrets as whole
-    # tokens); another class's repr is not trusted at all
-    target = (
-        scrub(repr(adapter), secrets)
-        if isinstance(adapter, JsonStorage)
-        else f"{spec.cls.__module__} adapter"
-    )
+    # scrubbed again: the secrets of this spec, as whole tokens, wherever they might stand
+    target = scrub(public_target(adapter), secrets)
     outcome: list[BaseException | None] = []
 
     def connect() -> None:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from celery.utils.log import get_logger
 from selinon import DataStorage
 
 from . import state
@@ -20,8 +21,11 @@ from .errors import (
 )
 from .guards import Guard, GuardKind, make_guard
 from .retry import DEFAULT_RETRY, RetriesExhausted, RetryPolicy
+from .secrets import public_target
 
 T = TypeVar("T")
+
+logger = get_logger("celery_selinon_storage")
 
 #: Errors that mean "the server is unreachable, try again" for an adapter that names none of its own
 #: (an ``is_transient(error)`` method, or a ``transient_errors`` tuple).
@@ -39,17 +43,23 @@ def is_concurrency_safe(adapter: DataStorage) -> bool:
 class OperationStats:
     """Calls, errors and total seconds of one operation in one process."""
 
-    __slots__ = ("calls", "errors", "seconds")
+    __slots__ = ("calls", "errors", "retries", "seconds")
 
     def __init__(self) -> None:
         self.calls = 0
         self.errors = 0
+        self.retries = 0
         self.seconds = 0.0
 
     def as_dict(self) -> dict[str, float]:
         """Counts and mean latency, for reports."""
         mean_ms = 1000 * self.seconds / self.calls if self.calls else 0.0
-        return {"calls": self.calls, "errors": self.errors, "mean_ms": round(mean_ms, 3)}
+        return {
+            "calls": self.calls,
+            "errors": self.errors,
+            "retries": self.retries,
+            "mean_ms": round(mean_ms, 3),
+        }
 
 
 class ManagedStorage(DataStorage):  # type: ignore[misc]
@@ -184,7 +194,11 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
         stats = self.stats[operation]
         started = time.perf_counter()
         try:
-            return self.retry.call(lambda: self._attempt(method, args), self._is_transient)
+            return self.retry.call(
+                lambda: self._attempt(method, args),
+                self._is_transient,
+                lambda failures, error, delay: self._on_retry(operation, failures, error, delay),
+            )
         except RetriesExhausted as exhausted:
             stats.errors += 1
             cause = exhausted.__cause__
@@ -214,6 +228,19 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
                 # greenlet): the connection's state is unknown, so it is never used again.
                 self._drop_connection()
                 raise
+
+    def _on_retry(self, operation: str, failures: int, error: BaseException, delay: float) -> None:
+        self.stats[operation].retries += 1
+        logger.warning(
+            "storage %r (%s): %s failed with %s, attempt %d of %d; retrying in %.3f s",
+            self.name,
+            public_target(self.adapter),
+            operation,
+            type(error).__name__,
+            failures,
+            self.retry.attempts,
+            delay,
+        )
 
     def _is_transient(self, error: BaseException) -> bool:
         judge = getattr(self.adapter, "is_transient", None)

@@ -45,8 +45,16 @@ class RetryPolicy:
     attempts: int = 3
     backoff: FullJitterBackoff = field(default_factory=FullJitterBackoff)
 
-    def call(self, do: Callable[[], T], is_transient: Callable[[BaseException], bool]) -> T:
-        """``do()``; after a transient failure, wait and try again."""
+    def call(
+        self,
+        do: Callable[[], T],
+        is_transient: Callable[[BaseException], bool],
+        on_retry: Callable[[int, BaseException, float], None] | None = None,
+    ) -> T:
+        """``do()``; after a transient failure, wait and try again.
+
+        ``on_retry(failures, error, delay)`` is told of each retry before its wait.
+        """
         failures = 0
         while True:
             try:
@@ -57,7 +65,10 @@ class RetryPolicy:
                 failures += 1
                 if failures >= self.attempts:
                     raise RetriesExhausted(failures) from exc
-                time.sleep(self.backoff.compute(failures))  # green under eventlet and gevent
+                delay = self.backoff.compute(failures)
+                if on_retry is not None:
+                    on_retry(failures, exc, delay)
+                time.sleep(delay)  # green under eventlet and gevent
 
 
 #: What a storage gets when its entry has no ``retry:`` key.

@@ -217,6 +217,15 @@ def url_secrets(url: str) -> list[str]:
 # -- options --------------------------------------------------------------------------------------
 
 
+def public_target(adapter: Any) -> str:
+    """What may be shown of an adapter: a built-in's repr (its URLs masked by structure), else only its
+    class (another class's repr is not trusted)."""
+    cls = type(adapter)
+    if getattr(cls, "masks_its_repr", False):
+        return scrub(repr(adapter), [])  # every URL in it masked by its structure
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def secret_values(options: Mapping[str, Any]) -> list[str]:
     """Every secret in a storage's options: values of secret-named options (nested mappings and lists
     included) and the passwords and secret parameter values of URLs in any text option."""

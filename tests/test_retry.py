@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 import threading
 import time
 from pathlib import Path
@@ -16,6 +18,7 @@ from celery_selinon_storage.managed import ManagedStorage
 from celery_selinon_storage.retry import FullJitterBackoff, RetriesExhausted, RetryPolicy
 from celery_selinon_storage.specs import load_storages
 from celery_selinon_storage.storages.memory import InMemoryStorage
+from celery_selinon_storage.storages.redis import RedisStorage
 
 
 class FlakyStorage(InMemoryStorage):
@@ -205,3 +208,30 @@ def test_a_failed_call_never_drops_the_connection_another_thread_is_using() -> N
         thread.join(30)
     assert adapter.dropped_under_a_call == 0
     assert sorted(stored) == sorted(f"{prefix}{i}" for prefix in ("ok", "ok2") for i in range(10))
+
+
+def test_each_retry_is_logged_with_the_storage_its_target_the_attempt_and_the_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    storage = managed(failures=2)
+    with caplog.at_level(logging.WARNING, logger="celery_selinon_storage"):
+        storage.store(None, "f", "t", "id", [1])
+    retries = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert [line.split("; retrying in ")[0] for line in retries] == [
+        "storage 'Flaky' (FlakyStorage(max_records=None)): store failed with ConnectionError, attempt 1 of 3",
+        "storage 'Flaky' (FlakyStorage(max_records=None)): store failed with ConnectionError, attempt 2 of 3",
+    ]
+    assert all(re.fullmatch(r".*; retrying in \d+\.\d{3} s", line) for line in retries)
+    assert storage.stats["store"].as_dict()["retries"] == 2
+
+
+def test_a_retry_log_line_shows_a_masked_target(caplog: pytest.LogCaptureFixture) -> None:
+    adapter = RedisStorage(url="redis://:s3cret-pw@127.0.0.1:1/0", socket_connect_timeout=0.2)
+    storage = ManagedStorage("Down", adapter, GuardKind.THREAD, FAST)
+    with (
+        caplog.at_level(logging.WARNING, logger="celery_selinon_storage"),
+        pytest.raises(StorageUnavailableError),
+    ):
+        storage.store(None, "f", "t", "id", [1])
+    assert "storage 'Down' (RedisStorage('redis://:***@127.0.0.1:1/0'" in caplog.text
+    assert "attempt 2 of 3" in caplog.text and "s3cret-pw" not in caplog.text

@@ -62,6 +62,9 @@ class JsonStorage(DataStorage):  # type: ignore[misc]
     #: True when one instance may be called by several threads or greenlets at once.
     concurrency_safe: ClassVar[bool] = False
 
+    #: The repr shows no secret (URLs masked by structure): logs and ``check`` may show it.
+    masks_its_repr: ClassVar[bool] = True
+
     #: Errors that mean the server cannot be reached now: the same call may succeed later.
     transient_errors: ClassVar[tuple[type[BaseException], ...]] = (ConnectionError, TimeoutError)
     #: Errors among those that no retry can fix (a wrong password, a missing permission).

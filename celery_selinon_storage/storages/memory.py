@@ -19,7 +19,7 @@ class InMemoryStorage(JsonStorage):
         self.max_records = max_records
 
     def __repr__(self) -> str:
-        return f"InMemoryStorage(max_records={self.max_records!r})"
+        return f"{type(self).__name__}(max_records={self.max_records!r})"
 
     def _open(self) -> dict[str, str]:
         return {}
