@@ -13,10 +13,11 @@ from celery.exceptions import ImproperlyConfigured
 from celery.utils.log import get_logger
 
 from . import state
-from .errors import ConfigurationError
+from .errors import ConfigurationError, describe_exception
 from .guards import pool_traits
 from .inspection import ChildReports, register_inspect_command
 from .lifecycle import start_process_storages, stop_process_storages
+from .secrets import scrub, secret_values
 from .selinon_bridge import bridge_selinon
 from .specs import StorageSpec, load_storages
 
@@ -123,7 +124,8 @@ def _on_child_start(**kwargs: Any) -> None:
     try:
         start_process_storages(plan.specs, plan.guard_kind)
     except Exception as exc:  # noqa: BLE001 - reported in one line; tasks are told why
-        reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        secrets = [secret for spec in plan.specs for secret in secret_values(spec.options)]
+        reason = scrub(describe_exception(exc), secrets)
         state.record_failure(reason)
         logger.error(
             "celery-selinon-storage: storages could not start in process %d: %s", os.getpid(), reason

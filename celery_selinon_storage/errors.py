@@ -4,6 +4,34 @@ from __future__ import annotations
 
 from selinon import SelinonMissingDataException
 
+#: Errors that mean "the server cannot be reached now, try again" for an adapter that names none of its own.
+DEFAULT_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
+
+#: Longest text of an exception quoted in a message.
+_QUOTED_EXCEPTION = 200
+
+
+def printable(text: str) -> str:
+    """``text`` with each character that is not printable written as its escape (``\\x1b``, ``\\ud83d``)."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message`` on one printable line, the message cut short when long."""
+    try:
+        message = " ".join(str(exc).split())
+    except Exception:  # noqa: BLE001 - an exception whose text cannot be made is still named
+        message = ""
+    message = shortened(printable(message), _QUOTED_EXCEPTION)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def shortened(text: str, limit: int) -> str:
+    """``text``, or its first ``limit`` characters and ``...``."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
 
 class StorageError(Exception):
     """Base class of every error raised by celery-selinon-storage."""

@@ -13,6 +13,7 @@ from selinon import DataStorage
 
 from . import state
 from .errors import (
+    DEFAULT_TRANSIENT_ERRORS,
     StorageClosedError,
     StorageError,
     StorageOwnedError,
@@ -26,10 +27,6 @@ from .secrets import public_target
 T = TypeVar("T")
 
 logger = get_logger("celery_selinon_storage")
-
-#: Errors that mean "the server is unreachable, try again" for an adapter that names none of its own
-#: (an ``is_transient(error)`` method, or a ``transient_errors`` tuple).
-DEFAULT_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
 
 #: Operations that are counted (``inspect storages`` and the shutdown summary report them).
 OPERATIONS = ("store", "retrieve", "delete", "store_error")

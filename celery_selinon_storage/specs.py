@@ -13,21 +13,12 @@ from typing import Any
 from selinon import DataStorage
 
 from .envvars import InvalidReference, expand, has_reference
-from .errors import ConfigurationError, OptionProblem
+from .errors import ConfigurationError, OptionProblem, describe_exception, printable, shortened
 from .options import check_options
 from .retry import DEFAULT_RETRY, RetryPolicy, retry_policy
 from .storages import BUILTIN_STORAGES, builtin_storage_class
 from .storages.base import JsonStorage
-from .yaml_source import (
-    LONGEST_MESSAGE,
-    LocatedDict,
-    LocatedList,
-    describe_exception,
-    duplicate_key,
-    load_yaml_file,
-    printable,
-    shortened,
-)
+from .yaml_source import LONGEST_MESSAGE, LocatedDict, LocatedList, duplicate_key, load_yaml_file
 
 #: Keys a storage entry may have (``cache`` is Selinon's and is accepted, not used here).
 ENTRY_KEYS = ("name", "classname", "import", "configuration", "cache", "retry")

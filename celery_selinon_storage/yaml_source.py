@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, describe_exception, shortened
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _YAML_TAG = "tag:yaml.org,2002:"
@@ -31,8 +31,7 @@ MAX_TEXT = 8 * 1024 * 1024
 MAX_DEPTH = 64
 #: A message longer than this has the parts it quotes cut short (a name may be megabytes long).
 LONGEST_MESSAGE = 1_000
-#: Longest text of an exception, and of a value, quoted in a message.
-_QUOTED_EXCEPTION = 200
+#: Longest text of a value quoted in a message.
 _QUOTED_VALUE = 40
 
 _NOT_REGULAR = (
@@ -42,28 +41,6 @@ _NOT_REGULAR = (
     (stat.S_ISBLK, "a block device"),
     (stat.S_ISSOCK, "a socket"),
 )
-
-
-def printable(text: str) -> str:
-    """``text`` with each character that is not printable written as its escape (``\\x1b``, ``\\ud83d``)."""
-    if text.isprintable():
-        return text
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
-
-
-def describe_exception(exc: BaseException) -> str:
-    """``Type: message`` on one printable line, the message cut short when long."""
-    try:
-        message = " ".join(str(exc).split())
-    except Exception:  # noqa: BLE001 - an exception whose text cannot be made is still named
-        message = ""
-    message = shortened(printable(message), _QUOTED_EXCEPTION)
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-
-
-def shortened(text: str, limit: int) -> str:
-    """``text``, or its first ``limit`` characters and ``...``."""
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class LocatedDict(dict[Any, Any]):

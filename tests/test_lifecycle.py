@@ -21,6 +21,7 @@ from celery_selinon_storage import (
 from celery_selinon_storage.errors import StoragesAlreadyStartedError
 from celery_selinon_storage.guards import GuardKind
 from celery_selinon_storage.managed import ManagedStorage
+from celery_selinon_storage.storages.memory import InMemoryStorage
 
 STORAGES = """\
 storages:
@@ -154,3 +155,34 @@ def test_close_waits_for_a_running_call_and_cold_close_does_not(storages_file: P
 
         memory_like = get_storage("Sql")
         assert memory_like.shut_down(timeout=0.01) is True  # already closed: nothing to wait for
+
+
+class RefusingStorage(InMemoryStorage):
+    """A custom adapter whose constructor fails in the child and quotes its password, as careless ones do."""
+
+    def __init__(self, password: str) -> None:
+        raise ValueError(f"cannot log in with {password}")
+
+
+def test_a_child_whose_storages_fail_to_start_tells_its_tasks_why_without_the_secret(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from celery_selinon_storage import bootstep, state
+    from celery_selinon_storage.inspection import ChildReports
+    from celery_selinon_storage.specs import StorageSpec
+
+    monkeypatch.setattr(state, "_failure", None)  # restored after the test, with the plan below
+    monkeypatch.setattr(state, "_plan", None)
+    spec = StorageSpec(name="Legacy", cls=RefusingStorage, options={"password": "hunter2-secret"})
+    reports = ChildReports()
+    state.set_plan(state.ChildPlan([spec], GuardKind.THREAD, reports))
+    try:
+        bootstep._on_child_start()
+    finally:
+        reports.close()
+    with pytest.raises(StoragesNotStartedError) as caught:
+        get_storage("Legacy")
+    assert str(caught.value) == (
+        f"storages failed to start in process {os.getpid()}: ValueError: cannot log in with ***"
+    )
+    assert "storages could not start in process" in caplog.text and "hunter2-secret" not in caplog.text

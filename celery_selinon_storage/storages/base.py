@@ -21,6 +21,7 @@ from typing import Any, ClassVar, TypeVar
 from selinon import DataStorage
 
 from ..errors import (
+    DEFAULT_TRANSIENT_ERRORS,
     InvalidRecordError,
     MissingResultError,
     OptionProblem,
@@ -66,7 +67,7 @@ class JsonStorage(DataStorage):  # type: ignore[misc]
     masks_its_repr: ClassVar[bool] = True
 
     #: Errors that mean the server cannot be reached now: the same call may succeed later.
-    transient_errors: ClassVar[tuple[type[BaseException], ...]] = (ConnectionError, TimeoutError)
+    transient_errors: ClassVar[tuple[type[BaseException], ...]] = DEFAULT_TRANSIENT_ERRORS
     #: Errors among those that no retry can fix (a wrong password, a missing permission).
     permanent_errors: ClassVar[tuple[type[BaseException], ...]] = ()
 

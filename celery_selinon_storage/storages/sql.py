@@ -206,8 +206,8 @@ class SqlStorage(JsonStorage):
 
     def _check_size(self, limit: int, record: Record, node_args: str) -> None:
         """MariaDB/MySQL drop a connection whose statement exceeds max_allowed_packet: refuse it first."""
-        encoded = [record.data, *(value.encode() for value in (record.task_id, record.flow_name, node_args))]
-        encoded.append(record.task_name.encode())
+        texts = (record.task_id, record.flow_name, record.task_name, node_args)
+        encoded = [record.data, *(text.encode() for text in texts)]
         size = _STATEMENT_OVERHEAD + sum(
             len(value) + sum(value.count(byte) for byte in _ESCAPED_BYTES) for value in encoded
         )
