@@ -23,6 +23,7 @@ from .errors import (
 from .guards import Guard, GuardKind, make_guard
 from .retry import DEFAULT_RETRY, RetriesExhausted, RetryPolicy
 from .secrets import public_target
+from .storages.base import JsonStorage
 
 T = TypeVar("T")
 
@@ -40,12 +41,13 @@ def is_concurrency_safe(adapter: DataStorage) -> bool:
 class OperationStats:
     """Calls, errors and total seconds of one operation in one process."""
 
-    __slots__ = ("calls", "errors", "retries", "seconds")
+    __slots__ = ("calls", "errors", "retries", "seconds", "timeouts")
 
     def __init__(self) -> None:
         self.calls = 0
         self.errors = 0
         self.retries = 0
+        self.timeouts = 0
         self.seconds = 0.0
 
     def as_dict(self) -> dict[str, float]:
@@ -55,6 +57,7 @@ class OperationStats:
             "calls": self.calls,
             "errors": self.errors,
             "retries": self.retries,
+            "timeouts": self.timeouts,
             "mean_ms": round(mean_ms, 3),
         }
 
@@ -72,6 +75,8 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
         self.name = name
         self.adapter = adapter
         self.retry = retry
+        if isinstance(adapter, JsonStorage):
+            adapter.wait_timeout = retry.try_timeout
         self.concurrency_safe = is_concurrency_safe(adapter)
         self.guard_kind = GuardKind.NONE if self.concurrency_safe else guard_kind
         # Connections must not cross a fork: remember the creating process and refuse others.
@@ -199,9 +204,12 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
         except RetriesExhausted as exhausted:
             stats.errors += 1
             cause = exhausted.__cause__
+            timed_out = exhausted.out_of_time or is_timeout(cause)
+            stats.timeouts += timed_out
+            within = f", timeout {self.retry.timeout:g} s" if timed_out else ""
             raise StorageUnavailableError(
                 f"storage {self.name!r} is unavailable ({type(cause).__name__} on {operation}, "
-                f"{exhausted.attempts} attempts); the call is safe to retry"
+                f"{exhausted.attempts} attempts{within}); the call is safe to retry"
             ) from cause
         except BaseException:
             stats.errors += 1
@@ -212,19 +220,25 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
 
     def _attempt(self, method: Callable[..., T], args: tuple[Any, ...]) -> T:
         # Under the call guard from connect to failure: an adapter's one connection is never made,
-        # used or dropped while another thread or greenlet is using it.
-        with self._call_guard:
+        # used or dropped while another thread or greenlet is using it. Waiting for the guard counts
+        # as waiting on the server: a call stuck on a frozen server holds it.
+        if not self._call_guard.acquire(timeout=self.retry.try_timeout):
+            raise StorageBusyError(
+                f"storage {self.name!r} stayed busy for {self.retry.try_timeout:g} s (another call holds it)"
+            )
+        try:
             if not self.adapter.is_connected():
                 self.connect()  # the server was down at start, or dropped us: connect on use
-            try:
-                return method(*args)
-            except StorageError:
-                raise  # refused or missing, reported by the adapter before or after a whole exchange
-            except BaseException:
-                # Anything else may have struck mid-exchange (a lost server, a time limit, a killed
-                # greenlet): the connection's state is unknown, so it is never used again.
-                self._drop_connection()
-                raise
+            return method(*args)
+        except StorageError:
+            raise  # refused or missing, reported by the adapter before or after a whole exchange
+        except BaseException:
+            # Anything else may have struck mid-exchange (a lost server, a time limit, a killed
+            # greenlet): the connection's state is unknown, so it is never used again.
+            self._drop_connection()
+            raise
+        finally:
+            self._call_guard.release()
 
     def _on_retry(self, operation: str, failures: int, error: BaseException, delay: float) -> None:
         self.stats[operation].retries += 1
@@ -240,6 +254,8 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
         )
 
     def _is_transient(self, error: BaseException) -> bool:
+        if isinstance(error, StorageBusyError):
+            return True
         judge = getattr(self.adapter, "is_transient", None)
         if judge is not None:
             return bool(judge(error))
@@ -256,6 +272,21 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
             return
         with self._lifecycle_guard, contextlib.suppress(Exception):
             self.adapter.disconnect()
+
+
+class StorageBusyError(TimeoutError):
+    """A try waited its whole share of the timeout for another call of the same storage to end."""
+
+
+def is_timeout(error: BaseException | None) -> bool:
+    """Whether ``error`` (or an error it wraps) is a driver's or the OS's timeout."""
+    for _ in range(8):  # a chain is short; a cycle is not followed for ever
+        if error is None:
+            return False
+        if isinstance(error, TimeoutError) or "Timeout" in type(error).__name__:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _acquire(guard: Guard, timeout: float | None) -> bool:

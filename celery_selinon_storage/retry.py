@@ -1,7 +1,11 @@
-"""How a storage call rides out a server that dropped it: bounded retries with backoff.
+"""How a storage call rides out a server that dropped it: bounded retries with backoff, in a deadline.
 
 Every built-in adapter's ``store``, ``retrieve`` and ``delete`` is idempotent by task id (an upsert,
 a read, a delete), so repeating one after a lost connection is safe.
+
+A call has ``timeout`` seconds in all, retries and reconnects included. Each try gets an equal share,
+``timeout / attempts``: the built-in adapters give that share to their driver as its connect, read and
+lock-wait timeout, and a new try starts only while a whole share is left.
 """
 
 from __future__ import annotations
@@ -31,19 +35,31 @@ class FullJitterBackoff:
 
 
 class RetriesExhausted(Exception):
-    """Every try failed with a transient error; ``__cause__`` is the last one."""
+    """Every try failed with a transient error, or no time was left for another; ``__cause__`` is the
+    last error."""
 
-    def __init__(self, attempts: int) -> None:
+    def __init__(self, attempts: int, out_of_time: bool = False) -> None:
         self.attempts = attempts
+        self.out_of_time = out_of_time
         super().__init__(f"{attempts} attempts failed")
+
+
+#: Seconds a storage call may take in all when its entry has no ``timeout:`` key.
+DEFAULT_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Up to ``attempts`` tries of a call while it fails with a transient error."""
+    """Up to ``attempts`` tries of a call while it fails with a transient error, within ``timeout``."""
 
     attempts: int = 3
     backoff: FullJitterBackoff = field(default_factory=FullJitterBackoff)
+    timeout: float = DEFAULT_TIMEOUT
+
+    @property
+    def try_timeout(self) -> float:
+        """Seconds one try may wait on the server: an equal share of the call's ``timeout``."""
+        return self.timeout / self.attempts
 
     def call(
         self,
@@ -53,8 +69,10 @@ class RetryPolicy:
     ) -> T:
         """``do()``; after a transient failure, wait and try again.
 
-        ``on_retry(failures, error, delay)`` is told of each retry before its wait.
+        ``on_retry(failures, error, delay)`` is told of each retry before its wait. A retry starts only
+        if a whole try still fits before the deadline (the wait is shortened to make it fit).
         """
+        deadline = time.monotonic() + self.timeout
         failures = 0
         while True:
             try:
@@ -65,7 +83,10 @@ class RetryPolicy:
                 failures += 1
                 if failures >= self.attempts:
                     raise RetriesExhausted(failures) from exc
-                delay = self.backoff.compute(failures)
+                spare = deadline - time.monotonic() - self.try_timeout
+                if spare < 0:
+                    raise RetriesExhausted(failures, out_of_time=True) from exc
+                delay = min(self.backoff.compute(failures), spare)
                 if on_retry is not None:
                     on_retry(failures, exc, delay)
                 time.sleep(delay)  # green under eventlet and gevent
@@ -83,10 +104,21 @@ RETRY_BOUNDS: dict[str, tuple[float, float]] = {
 }
 
 
-def retry_policy(settings: Mapping[str, Any] | None) -> RetryPolicy:
-    """The policy a storage entry's ``retry:`` mapping asks for (None: the default), or ``OptionProblem``."""
+#: Bounds of a storage entry's ``timeout:`` in seconds.
+TIMEOUT_BOUNDS: tuple[float, float] = (0.1, 3600.0)
+
+
+def retry_policy(settings: Mapping[str, Any] | None, timeout: Any = None) -> RetryPolicy:
+    """The policy a storage entry's ``retry:`` mapping and ``timeout:`` ask for (None: the defaults),
+    or ``OptionProblem``."""
+    if timeout is not None:
+        low, high = TIMEOUT_BOUNDS
+        number = isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
+        if not (number and math.isfinite(timeout) and low <= timeout <= high):
+            raise OptionProblem("timeout", f"must be seconds from {low:g} to {high:g}; fix its value")
+    timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
     if settings is None:
-        return DEFAULT_RETRY
+        return RetryPolicy(timeout=timeout)
     for key, value in settings.items():
         if key not in RETRY_BOUNDS:
             raise OptionProblem(
@@ -102,4 +134,5 @@ def retry_policy(settings: Mapping[str, Any] | None) -> RetryPolicy:
     backoff = FullJitterBackoff(
         float(settings.get("backoff", default.base)), float(settings.get("max_backoff", default.cap))
     )
-    return RetryPolicy(attempts=int(settings.get("attempts", DEFAULT_RETRY.attempts)), backoff=backoff)
+    attempts = int(settings.get("attempts", DEFAULT_RETRY.attempts))
+    return RetryPolicy(attempts=attempts, backoff=backoff, timeout=timeout)

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .retry import DEFAULT_TIMEOUT, TIMEOUT_BOUNDS
 from .specs import BUILTIN_MODULE_ALIASES
 from .storages import BUILTIN_STORAGES, builtin_storage_class
 from .typehints import NAMED_KINDS, base_type, init_type_hints, members
@@ -53,10 +54,16 @@ def storages_schema() -> dict[str, Any]:
                             "type": "object",
                             "additionalProperties": False,
                             "properties": {
-                                "attempts": {"type": "integer", "minimum": 1},
-                                "backoff": {"type": "number", "minimum": 0},
-                                "max_backoff": {"type": "number", "minimum": 0},
+                                "attempts": {"type": "integer", "minimum": 1, "maximum": 20},
+                                "backoff": {"type": "number", "minimum": 0, "maximum": 60},
+                                "max_backoff": {"type": "number", "minimum": 0, "maximum": 60},
                             },
+                        },
+                        "timeout": {
+                            "type": "number",
+                            "minimum": TIMEOUT_BOUNDS[0],
+                            "maximum": TIMEOUT_BOUNDS[1],
+                            "default": DEFAULT_TIMEOUT,
                         },
                     },
                     "anyOf": [*builtin_entries, custom_entry],

@@ -21,7 +21,7 @@ from .storages.base import JsonStorage
 from .yaml_source import LONGEST_MESSAGE, LocatedDict, LocatedList, duplicate_key, load_yaml_file
 
 #: Keys a storage entry may have (``cache`` is Selinon's and is accepted, not used here).
-ENTRY_KEYS = ("name", "classname", "import", "configuration", "cache", "retry")
+ENTRY_KEYS = ("name", "classname", "import", "configuration", "cache", "retry", "timeout")
 
 #: ``import:`` values that mean "the built-in adapters" (the first is what Selinon's docs write).
 BUILTIN_MODULE_ALIASES = frozenset(
@@ -178,7 +178,7 @@ def _parse_entry(entry: Any, line: int, source: str, environ: Mapping[str, str])
                 str(exc), source=source, line=configuration.line_of(option), storage=name, option=option
             ) from None
     options = _built_once(cls, raw, entry, configuration=configuration, source=source, fail=fail)
-    retry = _retry_policy(entry.get("retry"), entry, source, name)
+    retry = _retry_policy(entry, source, name)
     return StorageSpec(
         name=name, cls=cls, options=options, source=source, line=entry.line_of("name"), retry=retry
     )
@@ -234,18 +234,22 @@ def _option_error(
     return ConfigurationError(str(exc), source=source, line=line, storage=name, option=exc.option)
 
 
-def _retry_policy(value: Any, entry: LocatedDict, source: str, storage: str) -> RetryPolicy:
-    """The entry's ``retry:`` mapping as a policy (absent: the default)."""
+def _retry_policy(entry: LocatedDict, source: str, storage: str) -> RetryPolicy:
+    """The entry's ``retry:`` mapping and ``timeout:`` as a policy (absent: the defaults)."""
+    value = entry.get("retry")
     if value is not None and not isinstance(value, LocatedDict):
         raise ConfigurationError(
             "'retry:' must be a mapping with attempts, backoff and max_backoff",
             source=source, line=entry.line_of("retry"), storage=storage,
         )  # fmt: skip
     try:
-        return retry_policy(value)
+        return retry_policy(value, entry.get("timeout"))
     except OptionProblem as exc:
         key = (exc.option or "").removeprefix("retry.")
-        line = value.line_of(key) if value is not None else entry.line_of("retry")
+        if exc.option == "timeout" or value is None:
+            line = entry.line_of(exc.option or "retry")
+        else:
+            line = value.line_of(key)
         raise ConfigurationError(
             str(exc), source=source, line=line, storage=storage, option=exc.option
         ) from None

@@ -28,6 +28,7 @@ from ..errors import (
     ResultNotSerializableError,
     StorageError,
 )
+from ..retry import DEFAULT_RETRY
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -73,6 +74,11 @@ class JsonStorage(DataStorage):  # type: ignore[misc]
 
     #: The storage's name from the YAML; set by the lifecycle, used in messages.
     storage_name: str = ""
+
+    #: Seconds one wait on the server may take (connect, handshake, read, write, a lock), unless an
+    #: option of the adapter's says otherwise: the share of one try in the storage's ``timeout:``, set
+    #: by ``ManagedStorage``. Adapters read it when they connect.
+    wait_timeout: float = DEFAULT_RETRY.try_timeout
 
     #: The open connection (or client), None while disconnected.
     _handle: Any = None

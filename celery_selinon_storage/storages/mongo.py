@@ -37,17 +37,20 @@ class MongoStorage(JsonStorage):
         password: str | None = None,
         auth_source: str | None = None,
         tls: bool = False,
-        server_selection_timeout_ms: int = 5000,
+        server_selection_timeout_ms: int | None = None,
         max_pool_size: int = 100,
     ) -> None:
         if not db_name or not collection_name:
             raise OptionProblem("db_name" if not db_name else "collection_name", "must not be empty")
         self.db_name = db_name
         self.collection_name = collection_name
+        self._server_selection_timeout_ms = server_selection_timeout_ms
         self._client_options: dict[str, Any] = {
-            "serverSelectionTimeoutMS": server_selection_timeout_ms,
             "maxPoolSize": max_pool_size,
             "tls": tls,
+            # one retry layer, ours (the storage's retry: policy), not the driver's under it
+            "retryWrites": False,
+            "retryReads": False,
         }
         if username is not None:
             self._client_options.update(username=username, password=password)
@@ -73,7 +76,16 @@ class MongoStorage(JsonStorage):
         )
 
     def _open(self) -> Any:
-        return pymongo.MongoClient(self._hosts, **self._client_options)
+        # each wait (server selection, connect, a reply) gets the try's share of the storage's timeout,
+        # unless server_selection_timeout_ms says otherwise for all of them
+        wait_ms = self._server_selection_timeout_ms or max(1, round(self.wait_timeout * 1000))
+        return pymongo.MongoClient(
+            self._hosts,
+            serverSelectionTimeoutMS=wait_ms,
+            connectTimeoutMS=wait_ms,
+            socketTimeoutMS=wait_ms,
+            **self._client_options,
+        )
 
     def _verify(self, handle: Any) -> None:
         handle.admin.command("ping")

@@ -36,8 +36,8 @@ class RedisStorage(JsonStorage):
         url: str | None = None,
         ssl: bool = False,
         ssl_ca_certs: str | None = None,
-        socket_timeout: float | None = 10.0,
-        socket_connect_timeout: float | None = 5.0,
+        socket_timeout: float | None = None,
+        socket_connect_timeout: float | None = None,
         key_prefix: str = "selinon:",
         ttl: int | None = None,
         max_connections: int | None = None,
@@ -46,9 +46,8 @@ class RedisStorage(JsonStorage):
         require_positive("ttl", ttl, "number of seconds")
         self.key_prefix = key_prefix
         self.ttl = ttl
+        self._timeouts = (socket_timeout, socket_connect_timeout)
         self._client_options: dict[str, Any] = {
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": socket_connect_timeout,
             "max_connections": max_connections,
             # one retry layer, ours: redis-py's own (3 retries by default, also of a wrong password)
             # would multiply the attempts the storage's retry: policy allows
@@ -69,9 +68,16 @@ class RedisStorage(JsonStorage):
         return f"RedisStorage({self._target!r}, key_prefix={self.key_prefix!r}, ttl={self.ttl!r})"
 
     def _open(self) -> redis.Redis:
+        socket_timeout, connect_timeout = self._timeouts
+        # None: each wait gets the try's share of the storage's timeout
+        options = {
+            **self._client_options,
+            "socket_timeout": socket_timeout or self.wait_timeout,
+            "socket_connect_timeout": connect_timeout or self.wait_timeout,
+        }
         if self._url:
-            return redis.Redis.from_url(self._url, **self._client_options)
-        return redis.Redis(**self._client_options)
+            return redis.Redis.from_url(self._url, **options)
+        return redis.Redis(**options)
 
     def _verify(self, handle: redis.Redis) -> None:
         handle.ping()

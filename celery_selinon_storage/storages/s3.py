@@ -11,6 +11,7 @@ from urllib.parse import quote, urlsplit
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.handlers
 import urllib3.exceptions
 
 from ..errors import InvalidRecordError, OptionProblem
@@ -69,8 +70,8 @@ class S3Storage(JsonStorage):
         use_ssl: bool = True,
         key_prefix: str = "selinon/",
         create_bucket: bool = True,
-        connect_timeout: float = 5.0,
-        read_timeout: float = 30.0,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
         max_pool_connections: int = 10,
     ) -> None:
         if endpoint_url is not None and urlsplit(endpoint_url).username is not None:
@@ -95,14 +96,9 @@ class S3Storage(JsonStorage):
             "aws_secret_access_key": aws_secret_access_key,
             "aws_session_token": aws_session_token,
             "use_ssl": use_ssl,
-            "config": botocore.config.Config(
-                connect_timeout=connect_timeout,
-                read_timeout=read_timeout,
-                max_pool_connections=max_pool_connections,
-                # one retry layer, ours (the storage's retry: policy), not botocore's under it
-                retries={"total_max_attempts": 1, "mode": "standard"},
-            ),
         }
+        self._timeouts = (connect_timeout, read_timeout)
+        self._max_pool_connections = max_pool_connections
 
     def __repr__(self) -> str:
         return (
@@ -122,7 +118,20 @@ class S3Storage(JsonStorage):
         return key
 
     def _open(self) -> Any:
-        return boto3.session.Session().client("s3", **self._client_options)
+        connect_timeout, read_timeout = self._timeouts
+        config = botocore.config.Config(
+            # None: each wait gets the try's share of the storage's timeout
+            connect_timeout=connect_timeout or self.wait_timeout,
+            read_timeout=read_timeout or self.wait_timeout,
+            max_pool_connections=self._max_pool_connections,
+            # one retry layer, ours (the storage's retry: policy), not botocore's under it
+            retries={"total_max_attempts": 1, "mode": "standard"},
+        )
+        client = boto3.session.Session().client("s3", config=config, **self._client_options)
+        # botocore asks for "100 Continue" before a body and waits up to 1 s for it, on top of the
+        # read timeout; a result is small enough to send at once
+        client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
+        return client
 
     def _verify(self, handle: Any) -> None:
         with _unwrapped():

@@ -118,9 +118,12 @@ class SqlStorage(JsonStorage):
 
     def _open(self) -> _Session:
         options = {"poolclass": sa.pool.NullPool, **self.engine_options}  # the connection is held, not pooled
+        options = _with_driver_timeouts(self.url, options, self.wait_timeout)
         engine = sa.create_engine(self.url, echo=self.echo, **options)
         if engine.dialect.name == "sqlite":
             sa.event.listen(engine, "connect", _sqlite_pragmas)
+        if engine.dialect.driver == "pg8000":
+            sa.event.listen(engine, "do_connect", _pg8000_with_own_socket)
         try:
             connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         except BaseException:
@@ -431,5 +434,46 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers and the writer of several worker processes proceed together.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _pg8000_with_own_socket(dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+    """Connect pg8000 over a TCP socket made here, and closed here if the connection fails.
+
+    When the server accepts but does not answer, pg8000's start-up times out and leaves its socket
+    to the garbage collector: the server keeps a half-open session until the collector runs.
+    """
+    host = cparams.get("host", "localhost")
+    if cparams.get("unix_sock") or cparams.get("sock") or str(host).startswith("/"):
+        return None  # pg8000 connects as usual
+    sock = socket.create_connection((host, cparams.get("port", 5432)), cparams.get("timeout"))
+    try:
+        return dialect.loaded_dbapi.Connection(*cargs, **{**cparams, "sock": sock})
+    except BaseException:
+        sock.close()
+        raise
+
+
+#: Each driver's own timeouts, as connect arguments, for waits of ``seconds`` each.
+_DRIVER_TIMEOUTS: dict[str, Any] = {
+    # every socket operation, the connect included
+    "pg8000": lambda seconds: {"timeout": seconds},
+    # libpq counts whole seconds, and at least 2
+    "psycopg": lambda seconds: {"connect_timeout": max(2, math.ceil(seconds))},
+    # the TCP connect, then every read (the handshake included) and write
+    "pymysql": lambda seconds: {
+        "connect_timeout": seconds,
+        "read_timeout": seconds,
+        "write_timeout": seconds,
+    },
+    # how long to wait for another connection's lock (SQLite's busy timeout)
+    "pysqlite": lambda seconds: {"timeout": seconds},
+}
+
+
+def _with_driver_timeouts(url: sa.URL, options: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """``options`` with the driver's timeouts added, for each wait the user did not set."""
+    timeouts = _DRIVER_TIMEOUTS.get(url.get_driver_name())
+    if timeouts is None:
+        return options
+    return {**options, "connect_args": {**timeouts(seconds), **options.get("connect_args", {})}}
