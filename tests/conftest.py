@@ -18,7 +18,7 @@ from tests.workers import WorkerProcess
 hypothesis_profiles.load()  # before any test module builds its settings
 
 
-#: Reproducers of issues still open (#11 frozen servers and deadlines, #12 published Selinon deployments):
+#: Reproducers of issues still open (#12 published Selinon deployments):
 #: red until those issues land, so not part of the suite. Run them with CSS_OPEN_ISSUES=1.
 OPEN_ISSUE_REPRODUCERS = ["test_selinon_published.py"]
 collect_ignore = [] if os.environ.get("CSS_OPEN_ISSUES") else OPEN_ISSUE_REPRODUCERS
