@@ -1,10 +1,10 @@
-"""Run a call in a helper thread and wait for it at most a given time."""
+"""Run calls in helper threads and wait for them at most a given time."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 
 def run_with_deadline(
@@ -31,3 +31,21 @@ def run_with_deadline(
         if helper.is_alive() and on_wait is not None and time.monotonic() - started < seconds:
             on_wait(time.monotonic() - started)
     return not helper.is_alive()
+
+
+def run_side_by_side(targets: Mapping[str, Callable[[], None]], seconds: float, *, name: str) -> list[str]:
+    """Start each target in a daemon thread of its own; wait at most ``seconds`` for all of them.
+
+    Returns the keys of those still running then (they go on in the background): one slow call
+    does not delay the others.
+    """
+    helpers = {
+        key: threading.Thread(target=target, name=f"{name}-{key}", daemon=True)
+        for key, target in targets.items()
+    }
+    for helper in helpers.values():
+        helper.start()
+    deadline = time.monotonic() + seconds
+    for helper in helpers.values():
+        helper.join(max(0.0, deadline - time.monotonic()))
+    return [key for key, helper in helpers.items() if helper.is_alive()]

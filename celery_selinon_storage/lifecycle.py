@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from celery.utils.log import get_logger
 
 from . import state
-from .background import run_with_deadline
+from .background import run_side_by_side
 from .errors import StorageNotFoundError, StoragesAlreadyStartedError, StoragesNotStartedError
 from .guards import GuardKind
 from .managed import ManagedStorage
@@ -41,30 +42,33 @@ class ProcessStorages:
         }
 
     def connect_all(self, budget: float = DEFAULT_CONNECT_BUDGET) -> None:
-        """Connect every storage, waiting at most ``budget`` seconds.
+        """Connect every storage, side by side, waiting at most ``budget`` seconds.
 
-        The connecting runs in a helper thread so that a server that hangs cannot hold the process
-        past the budget; a storage still connecting then finishes in the background (a task that needs
-        it waits for it), and one that fails connects on first use.
+        Each connects in a helper thread of its own, so that a server that does not answer delays
+        neither the process past the budget nor the other storages. A storage still connecting then
+        finishes in the background (a task that needs it waits for it, within its timeout), and one
+        that fails connects on first use.
         """
-        if not run_with_deadline(self._connect_each, budget, name="storages-connect"):
-            waiting = [name for name, storage in self.storages.items() if not storage.is_connected()]
+        connects = {
+            name: partial(self._connect_each, name, storage) for name, storage in self.storages.items()
+        }
+        waiting = run_side_by_side(connects, budget, name="storage-connect")
+        if waiting:
             logger.warning(
                 "storages still connecting after %.1fs, continuing in the background: %s",
                 budget,
                 ", ".join(waiting),
             )
 
-    def _connect_each(self) -> None:
-        for name, storage in self.storages.items():
-            try:
-                storage.connect()
-            except Exception as exc:  # noqa: BLE001 - a down server must not stop the worker
-                logger.warning(
-                    "storage %s could not connect at start (%s); it will connect on first use",
-                    name,
-                    type(exc).__name__,
-                )
+    def _connect_each(self, name: str, storage: ManagedStorage) -> None:
+        try:
+            storage.connect()
+        except Exception as exc:  # noqa: BLE001 - a down server must not stop the worker
+            logger.warning(
+                "storage %s could not connect at start (%s); it will connect on first use",
+                name,
+                type(exc).__name__,
+            )
 
     def get(self, name: str) -> ManagedStorage:
         """The storage called ``name``."""
@@ -76,16 +80,32 @@ class ProcessStorages:
             ) from None
 
     def close(self, timeout: float | None = None) -> None:
-        """Disconnect every storage once; with ``timeout``, do not wait longer for a running call."""
-        for name, storage in self.storages.items():
-            if storage.closed:
-                continue
-            try:
-                if not storage.shut_down(timeout):
-                    logger.warning("storage %s: a call was still running; disconnected anyway", name)
-            except Exception as exc:  # noqa: BLE001 - keep closing the others
-                logger.warning("storage %s failed to disconnect: %s", name, type(exc).__name__)
+        """Disconnect every storage once, side by side.
+
+        With ``timeout``, do not wait longer for a running call. However long a server takes to say
+        goodbye, closing ends within the longest of the storages' own timeouts (a disconnect still
+        running then goes on in the background).
+        """
+        closes = {
+            name: partial(self._close_one, name, storage, timeout)
+            for name, storage in self.storages.items()
+            if not storage.closed
+        }
+        longest = max((storage.retry.timeout for storage in self.storages.values()), default=0.0)
+        bound = longest if timeout is None else timeout + longest
+        for name in run_side_by_side(closes, bound, name="storage-close"):
+            logger.warning(
+                "storage %s: still disconnecting after %.1fs; left to finish in the background", name, bound
+            )
         logger.info("storages closed in process %d: %s", self.pid, self.summary())
+
+    @staticmethod
+    def _close_one(name: str, storage: ManagedStorage, timeout: float | None) -> None:
+        try:
+            if not storage.shut_down(timeout):
+                logger.warning("storage %s: a call was still running; disconnected anyway", name)
+        except Exception as exc:  # noqa: BLE001 - keep closing the others
+            logger.warning("storage %s failed to disconnect: %s", name, type(exc).__name__)
 
     def report(self) -> dict[str, Any]:
         """This process's storages as ``celery inspect storages`` shows them."""
@@ -95,6 +115,8 @@ class ProcessStorages:
                 name: {
                     "class": type(storage.adapter).__name__,
                     "guard": storage.guard_kind.value,
+                    "timeout": storage.retry.timeout,
+                    "attempts": storage.retry.attempts,
                     "connected": not storage.closed and storage.is_connected(),
                     "operations": {operation: stats.as_dict() for operation, stats in storage.stats.items()},
                 }
