@@ -1,26 +1,35 @@
-"""Faults injected for real: a storage server killed with SIGKILL mid-load and restarted, or down at start."""
+"""Faults injected for real, against real workers: a storage server killed with SIGKILL mid-load and
+restarted, frozen with SIGSTOP mid-load (and during a warm shutdown), or down at start."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import boto3
+import pymongo
 import pytest
 import redis
 
+from tests.freezing import Freezer, OwnMariaDB, OwnMongoWire, OwnMoto, thaw_quietly
 from tests.own_servers import OwnPostgres, OwnRedis, OwnServer
-from tests.worker_app import store_with_retry, task_states
-from tests.workers import WorkerProcess, wait_for
+from tests.services import S3_KEYS
+from tests.worker_app import store_with_retry, task_failures, task_states
+from tests.workers import ROOT, WorkerProcess, wait_for
 
 pytestmark = [pytest.mark.worker, pytest.mark.service]
 
 TASKS = 1000
-RETRY = "retry: {attempts: 3, backoff: 0.05, max_backoff: 0.5}"
+#: Each try waits at most 0.5 s: shorter than the outage, so that the outage reaches the tasks.
+RETRY = "retry: {attempts: 3, backoff: 0.05, max_backoff: 0.5}\n    timeout: 1.5"
 
 
 @dataclass
@@ -58,16 +67,104 @@ def postgres_target(directory: Path, table: str) -> Target:
     return Target(server, f"SqlStorage\n    configuration: {configuration}", stored)
 
 
-TARGETS = {"redis": redis_target, "postgres": postgres_target}
+def mariadb_target(directory: Path, table: str) -> Target:
+    server = OwnMariaDB(directory)
+
+    def stored() -> list[int]:
+        if not server.query(f"SELECT 1 FROM information_schema.tables WHERE table_name = '{table}'"):
+            return []
+        return [int(i) for (i,) in server.query(f"SELECT JSON_VALUE(result, '$.i') FROM test.{table}")]
+
+    configuration = f'{{connection_string: "{server.url}", table_name: {table}}}'
+    return Target(server, f"SqlStorage\n    configuration: {configuration}", stored)
 
 
-def storages_file(path: Path, target: Target) -> Path:
-    path.write_text(f"storages:\n  - name: Results\n    classname: {target.storage}\n    {RETRY}\n")
+def mongo_target(directory: Path, collection: str) -> Target:
+    server = OwnMongoWire(directory)
+
+    def stored() -> list[int]:
+        client: Any = pymongo.MongoClient(server.url, serverSelectionTimeoutMS=5000)
+        try:
+            documents = client["faults"][collection].find({}, {"result": 1})
+            return [json.loads(document["result"])["i"] for document in documents]
+        finally:
+            client.close()
+
+    configuration = f'{{uri: "{server.url}", db_name: faults, collection_name: {collection}}}'
+    return Target(server, f"MongoStorage\n    configuration: {configuration}", stored)
+
+
+#: moto in one process: replay the recorded requests through a private port, then serve the public one.
+#: Both servers share the process's S3 state, so the public port opens only once the state is back.
+_DURABLE_MOTO = """
+import sys, threading
+from moto.moto_api import recorder
+from moto.server import ThreadedMotoServer
+from tests.servers import free_port
+port, replaying = int(sys.argv[1]), sys.argv[2] == "replay"
+if replaying:
+    private = ThreadedMotoServer("127.0.0.1", free_port(), verbose=False)
+    private.start()
+    recorder.replay_recording(target_host=f"http://127.0.0.1:{private._port}")
+    private.stop()
+ThreadedMotoServer("127.0.0.1", port, verbose=False).start()
+threading.Event().wait()
+"""
+
+
+class DurableMoto(OwnMoto):
+    """moto keeps its objects in memory: this one records every request to a file and, started again
+    after a crash, replays them before it listens, so that what it acknowledged survives, as on S3."""
+
+    @property
+    def recording(self) -> Path:
+        return self.directory / "moto-recording.jsonl"
+
+    def command(self) -> list[str]:
+        replay = "replay" if self.recording.exists() else "fresh"
+        return [sys.executable, "-c", _DURABLE_MOTO, str(self.port), replay]
+
+    def popen_options(self) -> dict[str, object]:
+        recording = {"MOTO_ENABLE_RECORDING": "1", "MOTO_RECORDER_FILEPATH": str(self.recording)}
+        return {"env": {**os.environ, **recording, "PYTHONPATH": str(ROOT)}, "cwd": ROOT}
+
+
+def s3_target(directory: Path, bucket: str) -> Target:
+    server = DurableMoto(directory)
+
+    def stored() -> list[int]:
+        client = boto3.client("s3", endpoint_url=server.url, region_name="us-east-1", **S3_KEYS)
+        if bucket not in [found["Name"] for found in client.list_buckets()["Buckets"]]:
+            return []
+        keys = [
+            item["Key"]
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for item in page.get("Contents", [])
+        ]
+        return [json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())["i"] for key in keys]
+
+    keys = ", ".join(f"{option}: {value}" for option, value in S3_KEYS.items())
+    configuration = f'{{endpoint_url: "{server.url}", bucket: {bucket}, region_name: us-east-1, {keys}}}'
+    return Target(server, f"S3Storage\n    configuration: {configuration}", stored)
+
+
+TARGETS = {
+    "redis": redis_target,
+    "postgres": postgres_target,
+    "mariadb": mariadb_target,
+    "mongo": mongo_target,
+    "s3": s3_target,
+}
+
+
+def storages_file(path: Path, target: Target, extra: str = "") -> Path:
+    entry = f"  - name: Results\n    classname: {target.storage}\n    {RETRY}\n{extra}"
+    path.write_text(f"storages:\n{entry}")
     return path
 
 
 @pytest.mark.parametrize("pool", ["prefork", "threads", "gevent"])
-@pytest.mark.parametrize("kind", ["redis", "postgres"])
+@pytest.mark.parametrize("kind", list(TARGETS))
 def test_a_server_killed_and_restarted_mid_load_loses_and_duplicates_nothing(
     kind: str, pool: str, tmp_path: Path, redis_url: str, queue: str, unique: str,
     workers: Callable[..., WorkerProcess],
@@ -88,7 +185,7 @@ def test_a_server_killed_and_restarted_mid_load_loses_and_duplicates_nothing(
         outage = time.monotonic() - killed_at
         wait_for(lambda: all(s in ("SUCCESS", "FAILURE") for s in task_states(sent)), 240, "every task")
         assert worker.process is not None and worker.process.poll() is None, "the worker died"
-        assert task_states(sent) == ["SUCCESS"] * TASKS
+        assert task_states(sent) == ["SUCCESS"] * TASKS, task_failures(sent)[:5]
         stored = target.stored()
         assert len(set(stored)) == TASKS, f"{TASKS - len(set(stored))} records lost"
         assert sorted(stored) == list(range(TASKS)), "a record is duplicated or wrong"
@@ -117,3 +214,64 @@ def test_a_storage_down_at_start_is_served_once_its_server_comes_up(
         wait_for(lambda: all(s == "SUCCESS" for s in task_states(sent)), 120, "every task")
         assert sorted(target.stored()) == list(range(20))
         assert worker.stop(signal.SIGTERM) == 0
+
+
+#: The storage's whole-call timeout in the frozen-server tests, in seconds.
+FROZEN_TIMEOUT = 2
+FROZEN_TASKS = 300
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads", "gevent"])
+def test_a_server_frozen_mid_load_holds_no_task_past_its_timeout_and_loses_nothing(
+    pool: str, tmp_path: Path, redis_url: str, queue: str, unique: str, workers: Callable[..., WorkerProcess]
+) -> None:
+    """PostgreSQL frozen with SIGSTOP (all its processes) for 6 s mid-load, then again while the worker
+    makes a warm shutdown: calls end within the storage's ``timeout:``, the tasks retry and all finish
+    once it answers, and the warm shutdown ends within the timeout too."""
+    target = postgres_target(tmp_path, unique)
+    storages = storages_file(tmp_path / "storages.yml", target)
+    storages.write_text(storages.read_text().replace("timeout: 1.5", f"timeout: {FROZEN_TIMEOUT}"))
+    concurrency = {"prefork": 2, "threads": 4, "gevent": 16}[pool]
+    freezer = Freezer()
+    with target.server:
+        try:
+            worker = workers(storages=storages, pool=pool, concurrency=concurrency, queue=queue)
+            worker.start().wait_ready()
+            sent = [
+                store_with_retry.apply_async(("Results", {"i": i}), queue=queue).id
+                for i in range(FROZEN_TASKS)
+            ]
+            wait_for(lambda: len(target.stored()) >= FROZEN_TASKS // 5, 60, "a fifth of the records")
+            with freezer.frozen(target.server):
+                frozen_at = time.monotonic()
+                wait_for(
+                    lambda: "StorageUnavailableError" in worker.output,
+                    FROZEN_TIMEOUT + 3,
+                    "a call to give up",
+                )
+                gave_up_after = time.monotonic() - frozen_at
+                time.sleep(max(0.0, 6 - gave_up_after))
+            wait_for(lambda: all(s in ("SUCCESS", "FAILURE") for s in task_states(sent)), 120, "every task")
+            assert task_states(sent) == ["SUCCESS"] * FROZEN_TASKS
+            stored = target.stored()
+            assert sorted(stored) == list(range(FROZEN_TASKS)), "a record is lost, duplicated or wrong"
+
+            # a warm shutdown while tasks wait on the frozen server
+            late = [store_with_retry.apply_async(("Results", {"i": -1}), queue=queue).id for _ in range(8)]
+            with freezer.frozen(target.server):
+                time.sleep(0.5)  # the tasks are in their calls
+                stopping_at = time.monotonic()
+                exit_status = worker.stop(signal.SIGTERM, timeout=60)
+                shutdown = time.monotonic() - stopping_at
+            assert exit_status == 0, worker.output[-3000:]
+        finally:
+            freezer.close()
+            thaw_quietly(target.server)
+    assert gave_up_after <= FROZEN_TIMEOUT + 1, f"the first call gave up after {gave_up_after:.1f} s"
+    # the running tasks end within their timeout; the worker then closes its pool and broker connection
+    assert shutdown <= FROZEN_TIMEOUT + 8, f"warm shutdown took {shutdown:.1f} s with the server frozen"
+    print(
+        f"\npostgres frozen, {pool}: first call gave up after {gave_up_after:.1f} s, "
+        f"{FROZEN_TASKS}/{FROZEN_TASKS} records exact, warm shutdown while frozen {shutdown:.1f} s, "
+        f"{len(late)} tasks left to retry"
+    )

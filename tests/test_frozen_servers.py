@@ -25,6 +25,7 @@ import gc
 import json
 import socket
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,11 @@ import pytest
 
 from celery_selinon_storage.errors import StorageUnavailableError
 from celery_selinon_storage.guards import GuardKind
+from celery_selinon_storage.lifecycle import (
+    DEFAULT_CONNECT_BUDGET,
+    start_process_storages,
+    stop_process_storages,
+)
 from celery_selinon_storage.managed import ManagedStorage
 from celery_selinon_storage.retry import FullJitterBackoff, RetryPolicy
 from celery_selinon_storage.specs import load_storages
@@ -412,3 +418,39 @@ def test_a_call_on_a_locked_sqlite_database_ends_within_the_deadline_and_the_sto
     storage.store(None, FLOW, TASK, "after", {"n": 3})
     assert storage.retrieve(FLOW, TASK, "before") == {"n": 1}
     assert storage.retrieve(FLOW, TASK, "after") == {"n": 3}
+
+
+# -- start-up and shutdown ----------------------------------------------------------------------------
+
+
+def test_a_silent_storage_delays_neither_the_others_nor_the_start(tmp_path: Path, unique: str) -> None:
+    """Storages connect side by side: the one behind a silent listener is listed first and its connect
+    waits 3 s (``timeout: 9``, 3 tries), longer than start-up waits; the SQLite one is connected when
+    start-up returns (before, it waited for the silent one's connect to time out)."""
+    silent_url = "postgresql://postgres@127.0.0.1:{port}/x"
+    with SilentListener() as listener:
+        specs = [
+            spec_of(tmp_path, "Silent", 9, {"connection_string": silent_url.format(port=listener.port)}),
+            spec_of(tmp_path, "Local", DEADLINE, {"connection_string": f"sqlite:///{tmp_path / 'local.db'}"}),
+        ]
+        started = time.monotonic()
+        storages = start_process_storages(specs, GuardKind.THREAD)
+        took = time.monotonic() - started
+        local_connected = storages.get("Local").is_connected()
+        silent_connected = storages.get("Silent").is_connected()
+    closing = time.monotonic()
+    stop_process_storages()  # the listener is gone: the silent storage's connect has failed by now
+    closed_in = time.monotonic() - closing
+    assert local_connected, "the SQLite storage waited for the silent one"
+    assert not silent_connected
+    assert took < DEFAULT_CONNECT_BUDGET + 0.5, f"start-up took {took:.1f} s"
+    assert closed_in < 1, f"closing took {closed_in:.1f} s"
+
+
+def spec_of(tmp_path: Path, name: str, timeout: float, configuration: dict[str, Any]) -> Any:
+    """The checked spec of an SqlStorage entry, loaded from a file as the worker does."""
+    entry = {"name": name, "classname": "SqlStorage", "timeout": timeout, "configuration": configuration}
+    path = tmp_path / f"{name}.yml"
+    path.write_text(json.dumps({"storages": [entry]}))
+    [spec] = load_storages(path)
+    return spec

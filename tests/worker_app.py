@@ -40,6 +40,12 @@ def task_states(task_ids: list[str]) -> list[str]:
     return [str(app.backend.get_task_meta(task_id)["status"]) for task_id in task_ids]
 
 
+def task_failures(task_ids: list[str]) -> list[str]:
+    """The error of each task that failed, as its result backend holds it."""
+    metas = [app.backend.get_task_meta(task_id) for task_id in task_ids]
+    return [f"{meta['result']!r}" for meta in metas if meta["status"] == "FAILURE"]
+
+
 @app.task(bind=True, name="tests.store_in")
 def store_in(self, storage_names: list[str], pause: float = 0.0) -> str:  # type: ignore[no-untyped-def]
     """Store this process's pid in each named storage, keyed by this task's id, ``pause`` seconds apart.
