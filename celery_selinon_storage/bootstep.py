@@ -17,6 +17,7 @@ from .errors import ConfigurationError, describe_exception
 from .guards import pool_traits
 from .inspection import ChildReports, register_inspect_command
 from .lifecycle import start_process_storages, stop_process_storages
+from .metrics import MetricsStep, metrics_port_option
 from .secrets import scrub, secret_values
 from .selinon_bridge import bridge_selinon
 from .specs import StorageSpec, load_storages
@@ -56,7 +57,9 @@ def install(app: Celery) -> None:
     if StorageStep in app.steps["worker"]:
         raise ImproperlyConfigured(E_INSTALLED_TWICE.format(app=app.main))
     app.steps["worker"].add(StorageStep)
+    app.steps["worker"].add(MetricsStep)
     app.user_options["worker"].add(storages_option())
+    app.user_options["worker"].add(metrics_port_option())
     bridge_selinon()
     register_inspect_command()
 

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from celery.utils.log import get_logger
 from selinon import DataStorage
 
-from . import state
+from . import metrics, state
 from .errors import (
     DEFAULT_TRANSIENT_ERRORS,
     StorageClosedError,
@@ -217,6 +217,7 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
         finally:
             stats.calls += 1
             stats.seconds += time.perf_counter() - started
+            metrics.record_call(self.name, operation, stats, time.perf_counter() - started)
 
     def _attempt(self, method: Callable[..., T], args: tuple[Any, ...]) -> T:
         # Under the call guard from connect to failure: an adapter's one connection is never made,
@@ -242,6 +243,7 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
 
     def _on_retry(self, operation: str, failures: int, error: BaseException, delay: float) -> None:
         self.stats[operation].retries += 1
+        metrics.record_retry(self.name, operation)
         logger.warning(
             "storage %r (%s): %s failed with %s, attempt %d of %d; retrying in %.3f s",
             self.name,
