@@ -23,7 +23,7 @@ from tests.freezing import Freezer, OwnMariaDB, OwnMongoWire, OwnMoto, thaw_quie
 from tests.own_servers import OwnPostgres, OwnRedis, OwnServer
 from tests.services import S3_KEYS
 from tests.worker_app import store_with_retry, task_failures, task_states
-from tests.workers import ROOT, WorkerProcess, wait_for
+from tests.workers import ROOT, WorkerProcess, inspect_storages, wait_for
 
 pytestmark = [pytest.mark.worker, pytest.mark.service]
 
@@ -157,6 +157,11 @@ TARGETS = {
 }
 
 
+def send_stores(numbers: range, queue: str) -> list[str]:
+    """Send a ``store_with_retry`` task for each number; their ids."""
+    return [store_with_retry.apply_async(("Results", {"i": i}), queue=queue).id for i in numbers]
+
+
 def storages_file(path: Path, target: Target, extra: str = "") -> Path:
     entry = f"  - name: Results\n    classname: {target.storage}\n    {RETRY}\n{extra}"
     path.write_text(f"storages:\n{entry}")
@@ -176,10 +181,11 @@ def test_a_server_killed_and_restarted_mid_load_loses_and_duplicates_nothing(
         worker = (
             workers(storages=storages, pool=pool, concurrency=concurrency, queue=queue).start().wait_ready()
         )
-        sent = [store_with_retry.apply_async(("Results", {"i": i}), queue=queue).id for i in range(TASKS)]
+        sent = send_stores(range(TASKS // 2), queue)
         wait_for(lambda: len(target.stored()) >= TASKS // 5, 60, "a fifth of the records")
         target.server.crash()  # SIGKILL, mid-load
         killed_at = time.monotonic()
+        sent += send_stores(range(TASKS // 2, TASKS), queue)  # the outage meets tasks, however fast the first
         time.sleep(1.5)
         target.server.start()  # the same port and data
         outage = time.monotonic() - killed_at
@@ -255,6 +261,8 @@ def test_a_server_frozen_mid_load_holds_no_task_past_its_timeout_and_loses_nothi
             assert task_states(sent) == ["SUCCESS"] * FROZEN_TASKS
             stored = target.stored()
             assert sorted(stored) == list(range(FROZEN_TASKS)), "a record is lost, duplicated or wrong"
+            counted = counts_of_store(worker, concurrency if pool == "prefork" else 1)
+            assert counted["timeouts"] >= 1 and counted["retries"] >= 1, counted
 
             # a warm shutdown while tasks wait on the frozen server
             late = [store_with_retry.apply_async(("Results", {"i": -1}), queue=queue).id for _ in range(8)]
@@ -271,7 +279,23 @@ def test_a_server_frozen_mid_load_holds_no_task_past_its_timeout_and_loses_nothi
     # the running tasks end within their timeout; the worker then closes its pool and broker connection
     assert shutdown <= FROZEN_TIMEOUT + 8, f"warm shutdown took {shutdown:.1f} s with the server frozen"
     print(
-        f"\npostgres frozen, {pool}: first call gave up after {gave_up_after:.1f} s, "
+        f"\npostgres frozen, {pool}: first call gave up after {gave_up_after:.1f} s "
+        f"({counted['timeouts']} calls timed out, {counted['retries']} retries in inspect storages), "
         f"{FROZEN_TASKS}/{FROZEN_TASKS} records exact, warm shutdown while frozen {shutdown:.1f} s, "
         f"{len(late)} tasks left to retry"
     )
+
+
+def counts_of_store(worker: WorkerProcess, processes: int) -> dict[str, int]:
+    """Store calls, retries and timeouts of storage Results, summed over the processes ``celery inspect
+    storages`` reports (prefork children refresh their reports every 0.5 s: ask until all have)."""
+    reports: list[Any] = []
+
+    def all_reported() -> bool:
+        reports[:] = inspect_storages(worker)["processes"]
+        return len(reports) >= processes
+
+    wait_for(all_reported, 30, "every process to report")
+    stores = [report["storages"]["Results"]["operations"]["store"] for report in reports]
+    assert all(report["storages"]["Results"]["timeout"] == FROZEN_TIMEOUT for report in reports)
+    return {key: sum(store[key] for store in stores) for key in ("calls", "retries", "timeouts")}

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,20 +11,9 @@ import pytest
 
 from tests.storages_files import write_storages
 from tests.worker_app import store_in
-from tests.workers import ROOT, WorkerProcess, wait_for
+from tests.workers import WorkerProcess, inspect_storages, wait_for
 
 pytestmark = [pytest.mark.worker, pytest.mark.service]
-
-
-def inspect_storages(worker: WorkerProcess) -> dict[str, Any]:
-    run = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "tests.worker_app", "inspect", "storages", "--json", "-t", "5", "-d", worker.name],
-        cwd=ROOT, env=worker.env, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stdout + run.stderr
-    replies: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
-    reply: dict[str, Any] = replies[worker.name]
-    return reply
 
 
 def store_calls(processes: list[dict[str, Any]]) -> dict[str, int]:

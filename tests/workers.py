@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -12,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"\bready\.")
@@ -109,3 +111,15 @@ def wait_for(
                 f"timed out waiting for {what} ({seconds} s)" + (f":\n{detail()}" if detail else "")
             )
         time.sleep(0.05)
+
+
+def inspect_storages(worker: WorkerProcess) -> dict[str, Any]:
+    """The worker's reply to ``celery inspect storages`` (run as a real command)."""
+    run = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tests.worker_app", "inspect", "storages", "--json", "-t", "5", "-d", worker.name],
+        cwd=ROOT, env=worker.env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    replies: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
+    reply: dict[str, Any] = replies[worker.name]
+    return reply
