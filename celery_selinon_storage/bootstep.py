@@ -124,13 +124,13 @@ def storages_required(app: Celery) -> bool:
     return bool(value)
 
 
-def missing_storages_advice(app: Celery) -> str:
-    """What to set when a worker has no storages: the setting, the worker option and the variable."""
+def missing_storages_advice(app: Celery, option: str = "start the worker with --storages FILE") -> str:
+    """What to set when there are no storages: the setting, the ``--storages`` option and the variable."""
     name = setting_name(app, STORAGES_SETTING)
     setting = f"app.conf.{name}" if name == STORAGES_SETTING else f"the setting {name}"
     return (
-        f"set {setting} (a storages YAML file's path, or the storages inline), start the worker with "
-        f"--storages FILE, or set the environment variable {STORAGES_ENV} to a file's path"
+        f"set {setting} (a storages YAML file's path, or the storages inline), {option}, "
+        f"or set the environment variable {STORAGES_ENV} to a file's path"
     )
 
 
