@@ -24,7 +24,7 @@ PROGRESS_EVERY = 1.0
 #: What the connect column says of each outcome.
 CONNECTED = "ok"
 FAILED = "failed"
-NO_ANSWER = "no answer"
+TIMED_OUT = "timed out"
 NOT_TRIED = "not tried"
 
 
@@ -37,7 +37,7 @@ class StorageHealth:
     target: str
     #: False only when connecting was tried and did not succeed.
     ok: bool
-    #: ``ok``, ``failed``, ``no answer`` or ``not tried``.
+    #: ``ok``, ``failed``, ``timed out`` or ``not tried``.
     connect: str
     error: str | None
     #: What is missing but would be created by the worker at start (a table), and similar remarks.
@@ -94,7 +94,7 @@ def check_storage(
     latency_ms = round(1000 * (time.perf_counter() - started), 1)
     connected, error = CONNECTED, None
     if not outcome:
-        connected, error = NO_ANSWER, f"no answer within {timeout:g} s"
+        connected, error = TIMED_OUT, f"no answer within {timeout:g} s"
     elif outcome[0] is not None:
         connected, error = FAILED, scrub(describe_exception(outcome[0]), secrets)
     else:
