@@ -20,7 +20,7 @@ from celery_selinon_storage.bootstep import STORAGES_ENV
 from celery_selinon_storage.schema import storages_schema
 from celery_selinon_storage.storages.sql import SqlStorage
 from tests.backends import drop_table
-from tests.test_settings import app_module, error_lines
+from tests.test_settings import app_module, configured_worker, error_lines
 from tests.workers import ROOT, WorkerProcess
 
 pytestmark = pytest.mark.service
@@ -192,12 +192,9 @@ def test_help_has_no_markup(tmp_path: Path) -> None:
 def test_a_storage_down_at_start_is_logged_with_its_masked_target_and_error(
     tmp_path: Path, redis_url: str, queue: str, unique: str, workers: Callable[..., WorkerProcess]
 ) -> None:
-    storages = tmp_path / "storages.yml"
-    storages.write_text(
-        "storages:\n  - name: Missing\n    classname: SqlStorage\n"
-        f"    configuration: {{connection_string: 'postgresql://postgres:{PASSWORD}@127.0.0.1:5432/{unique}'}}\n"
-    )
-    worker = workers(storages=storages, pool="threads", queue=queue).start().wait_ready()
+    url = f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/{unique}"
+    settings = f"app.conf.selinon_storages = [{{'name': 'Missing', 'classname': 'SqlStorage', 'configuration': {{'connection_string': {url!r}}}}}]"
+    worker = configured_worker(workers, tmp_path, settings, pool="threads", queue=queue).start().wait_ready()
     assert worker.stop(signal.SIGTERM) == 0
     warning = re.search(r"storage Missing could not connect at start .*", worker.output)
     assert warning is not None, worker.output
