@@ -63,8 +63,8 @@ def check_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--create-tables",
             is_flag=True,
-            help="Create what the worker creates at start (SQL tables). By default a check changes nothing "
-            "on any server and reports a missing table.",
+            help="Create what the worker creates at start (SQL tables). By default a check creates no "
+            "table and reports a missing one.",
         ),
     )
     for option in reversed(options):
