@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 import click
 from celery import Celery, bootsteps, signals
@@ -20,17 +21,23 @@ from .lifecycle import start_process_storages, stop_process_storages
 from .metrics import MetricsStep, metrics_port_option
 from .secrets import scrub, secret_values
 from .selinon_bridge import bridge_selinon
-from .specs import StorageSpec, load_storages
+from .specs import StorageSpec, load_inline_storages, load_storages
 
 logger = get_logger("celery_selinon_storage")
 
-#: Where the storages file comes from, strongest first: the ``--storages`` option, this
-#: environment variable, then this app setting.
+#: Where the storages come from, strongest first: the ``--storages`` option, this environment variable
+#: (both a file's path), then this app setting (a path, or the storages themselves).
 STORAGES_ENV = "CELERY_SELINON_STORAGES"
 STORAGES_SETTING = "selinon_storages"
+#: Whether a worker with no storages configured refuses to start (the default) or runs without them.
+REQUIRED_SETTING = "selinon_storages_required"
 
-#: Exit status for a bad storages file (``EX_CONFIG`` from sysexits.h).
+#: Exit status for a bad or missing storages configuration (``EX_CONFIG`` from sysexits.h).
 EX_CONFIG = 78
+
+E_SETTING_TYPE = (
+    "must be the path of a storages YAML file, a mapping with a 'storages' list, or that list; it is {kind}"
+)
 
 #: A cold shutdown waits at most this long for a running call before disconnecting anyway.
 COLD_SHUTDOWN_WAIT = 2.0
@@ -64,9 +71,70 @@ def install(app: Celery) -> None:
     register_inspect_command()
 
 
-def storages_path(app: Celery, option: str | None) -> str | None:
-    """The storages file for this worker: the option, else the environment, else the app setting."""
-    return option or os.environ.get(STORAGES_ENV) or app.conf.get(STORAGES_SETTING) or None
+@dataclass(frozen=True)
+class StoragesSource:
+    """Where a worker's storages come from, and what was given there."""
+
+    #: A file's path, or (from the app setting) the storages themselves.
+    value: Any
+    #: The option, variable or setting that gave it, as a user writes it (``--storages``,
+    #: ``$CELERY_SELINON_STORAGES``, ``selinon_storages``, ``CELERY_SELINON_STORAGES`` in Django).
+    origin: str
+
+    def load(self) -> list[StorageSpec]:
+        """The checked storages, or a one-line ``ConfigurationError``."""
+        if isinstance(self.value, (str, os.PathLike)):
+            return load_storages(self.value)
+        if isinstance(self.value, (Mapping, list, tuple)):
+            return load_inline_storages(self.value, self.origin)
+        raise ConfigurationError(E_SETTING_TYPE.format(kind=type(self.value).__name__), source=self.origin)
+
+
+def storages_source(app: Celery, option: str | None) -> StoragesSource | None:
+    """Where this worker's storages come from: the option, else the environment, else the app setting."""
+    if option:
+        return StoragesSource(option, "--storages")
+    if os.environ.get(STORAGES_ENV):
+        return StoragesSource(os.environ[STORAGES_ENV], f"${STORAGES_ENV}")
+    value = app.conf.get(STORAGES_SETTING)
+    if value is None or value == "":
+        return None
+    return StoragesSource(value, setting_name(app, STORAGES_SETTING))
+
+
+def setting_name(app: Celery, key: str) -> str:
+    """``key`` as the user wrote it: ``CELERY_SELINON_STORAGES`` when the app reads its settings with a
+    namespace (``config_from_object(..., namespace="CELERY")``, as Django projects do)."""
+    app.conf.get(key)  # reads the app's configuration, if it has not been read yet
+    prefix = getattr(app.conf, "prefix", None)
+    if not prefix or (key in app.conf.changes and not _written(app, prefix + key.upper())):
+        return key
+    return f"{prefix}{key.upper()}"
+
+
+def _written(app: Celery, key: str) -> bool:
+    """Whether ``key`` itself is in the app's settings (not only under another name)."""
+    return any(key in found for found in (app.conf.changes, *app.conf.maps))
+
+
+def storages_required(app: Celery) -> bool:
+    """The ``selinon_storages_required`` setting (default True), or exit 78 when it is not a bool."""
+    value = app.conf.get(REQUIRED_SETTING, True)
+    if not isinstance(value, bool):
+        _exit_config(
+            f"{setting_name(app, REQUIRED_SETTING)}: must be True or False, not {type(value).__name__}"
+        )
+    return bool(value)
+
+
+def missing_storages_advice(app: Celery, option: str = "start the worker with --storages FILE") -> str:
+    """What to set when there are no storages: the setting, the ``--storages`` option and the variable."""
+    name = setting_name(app, STORAGES_SETTING)
+    setting = f"app.conf.{name}" if name == STORAGES_SETTING else f"the setting {name}"
+    return (
+        f"set {setting} (a storages YAML file's path, or the storages inline), {option}, "
+        f"or set the environment variable {STORAGES_ENV} to a file's path"
+    )
 
 
 class StorageStep(bootsteps.StartStopStep):
@@ -78,17 +146,15 @@ class StorageStep(bootsteps.StartStopStep):
     def __init__(self, w: Any, storages: str | None = None, **kwargs: Any) -> None:
         bridge_selinon()  # for apps that add the step themselves
         register_inspect_command()
-        #: The checked storages file; ``None`` when the worker has no storages file.
+        #: The checked storages; ``None`` when the worker has none (``selinon_storages_required = False``).
         self.specs: Sequence[StorageSpec] | None = None
         super().__init__(w, **kwargs)
         self.traits = pool_traits(w.pool_cls)
-        path = storages_path(w.app, storages)
-        if path is None:
-            logger.warning(
-                "celery-selinon-storage: no storages file; pass --storages FILE or set $%s", STORAGES_ENV
-            )
+        source = storages_source(w.app, storages)
+        if source is None:
+            _no_storages(w.app)
             return
-        self.specs = _load_or_exit(path)
+        self.specs = _load_or_exit(source)
         if self.traits.in_children:
             state.set_plan(state.ChildPlan(self.specs, self.traits.guard_kind, ChildReports()))
             signals.worker_process_init.connect(_on_child_start, weak=False, dispatch_uid=__name__ + ".init")
@@ -144,10 +210,30 @@ def _on_child_exit(**kwargs: Any) -> None:
         plan.reports.remove()
 
 
-def _load_or_exit(path: str) -> Sequence[StorageSpec]:
+def _no_storages(app: Celery) -> None:
+    """No storages configured: exit 78, or with ``selinon_storages_required = False`` warn and go on."""
+    advice = missing_storages_advice(app)
+    if storages_required(app):
+        required = setting_name(app, REQUIRED_SETTING)
+        _exit_config(
+            f"no storages configured; {advice} (or set {required} = False to run this worker without them)"
+        )
+    logger.warning(
+        "celery-selinon-storage: no storages configured, so this worker has none and get_storage() fails "
+        "in its tasks; %s",
+        advice,
+    )
+
+
+def _load_or_exit(source: StoragesSource) -> Sequence[StorageSpec]:
     """The checked specs, or one line on stderr and exit status 78 (no traceback)."""
     try:
-        return load_storages(path)
+        return source.load()
     except ConfigurationError as exc:
-        print(f"celery-selinon-storage: error: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(EX_CONFIG) from None
+        _exit_config(str(exc))
+
+
+def _exit_config(message: str) -> NoReturn:
+    """One line on stderr, and exit status 78."""
+    print(f"celery-selinon-storage: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(EX_CONFIG) from None

@@ -19,13 +19,33 @@ def printable(text: str) -> str:
 
 
 def describe_exception(exc: BaseException) -> str:
-    """``Type: message`` on one printable line, the message cut short when long."""
+    """``Type: message`` on one printable line, the message cut short when long.
+
+    A driver's error wrapped by a library (SQLAlchemy's ``orig``) is described by the driver's own
+    text, without the wrapper's statement, parameters and links; a PostgreSQL server's error fields
+    (pg8000 gives them as a dict) become ``SQLSTATE message``, a MySQL driver's ``(errno, message)``
+    becomes ``errno message``.
+    """
     try:
-        message = " ".join(str(exc).split())
+        message = " ".join(_driver_text(exc).split())
     except Exception:  # noqa: BLE001 - an exception whose text cannot be made is still named
         message = ""
     message = shortened(printable(message), _QUOTED_EXCEPTION)
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def _driver_text(exc: BaseException) -> str:
+    """The readable text of ``exc``, or of the driver's error it wraps."""
+    wrapped = getattr(exc, "orig", None)
+    if isinstance(wrapped, BaseException) and wrapped is not exc:
+        exc = wrapped
+    args = exc.args
+    if len(args) == 1 and isinstance(args[0], dict) and isinstance(args[0].get("M"), str):
+        fields = args[0]  # a PostgreSQL server's error: C is the SQLSTATE, M the message
+        return f"{fields.get('C') or ''} {fields['M']}".strip()
+    if len(args) == 2 and type(args[0]) is int and isinstance(args[1], str) and not isinstance(exc, OSError):
+        return f"{args[0]} {args[1]}"  # MySQL drivers: (error number, message)
+    return str(exc)
 
 
 def shortened(text: str, limit: int) -> str:

@@ -18,9 +18,15 @@ from celery.utils.log import get_logger
 
 from . import state
 from .background import run_side_by_side
-from .errors import StorageNotFoundError, StoragesAlreadyStartedError, StoragesNotStartedError
+from .errors import (
+    StorageNotFoundError,
+    StoragesAlreadyStartedError,
+    StoragesNotStartedError,
+    describe_exception,
+)
 from .guards import GuardKind
 from .managed import ManagedStorage
+from .secrets import public_target, scrub, secret_values
 from .selinon_bridge import bridge_selinon
 from .specs import StorageSpec, load_storages
 
@@ -65,9 +71,11 @@ class ProcessStorages:
             storage.connect()
         except Exception as exc:  # noqa: BLE001 - a down server must not stop the worker
             logger.warning(
-                "storage %s could not connect at start (%s); it will connect on first use",
+                "storage %s could not connect at start (%s); it will connect on first use; target %s: %s",
                 name,
                 type(exc).__name__,
+                public_target(storage.adapter),
+                scrub(describe_exception(exc), secret_values(getattr(storage.adapter, "__dict__", {}))),
             )
 
     def get(self, name: str) -> ManagedStorage:

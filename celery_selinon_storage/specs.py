@@ -1,4 +1,4 @@
-"""A storages YAML file becomes a list of checked ``StorageSpec`` objects."""
+"""A storages YAML file, or the same data in a setting, becomes a list of checked ``StorageSpec`` objects."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from selinon import DataStorage
 
 from .envvars import InvalidReference, expand, has_reference
 from .errors import ConfigurationError, OptionProblem, describe_exception, printable, shortened
+from .locations import FileLocation, KeyPath, Location, SettingLocation
 from .options import check_options
 from .retry import DEFAULT_RETRY, RetryPolicy, retry_policy
 from .storages import BUILTIN_STORAGES, builtin_storage_class
 from .storages.base import JsonStorage
-from .yaml_source import LONGEST_MESSAGE, LocatedDict, LocatedList, duplicate_key, load_yaml_file
+from .yaml_source import LONGEST_MESSAGE, duplicate_key, load_yaml_file
 
 #: Keys a storage entry may have (``cache`` is Selinon's and is accepted, not used here).
 ENTRY_KEYS = ("name", "classname", "import", "configuration", "cache", "retry", "timeout")
@@ -64,13 +65,38 @@ def load_storages(
     source = str(path)
     try:
         document = load_yaml_file(Path(path))
-        return parse_storages(document, source, os.environ if environ is None else environ)
+        return parse_storages(document, FileLocation(document, source), _environ(environ))
     except ConfigurationError as exc:
         raise _printable_error(exc) from None
     except RecursionError:  # the limits in yaml_source should make this unreachable
         raise ConfigurationError(
             "the file is nested too deeply to be checked; flatten it", source=printable(source)
         ) from None
+
+
+def load_inline_storages(
+    value: Any, setting: str = "selinon_storages", environ: Mapping[str, str] | None = None
+) -> list[StorageSpec]:
+    """Check storages given as Python data: a mapping with a ``storages`` list, or that list itself.
+
+    The data has the shape of the YAML file and gets the same checks; an error names the setting path
+    (``selinon_storages[1].configuration.port``) where a file's would name its line.
+    """
+    listed = isinstance(value, (list, tuple))
+    document = {"storages": value} if listed else value
+    try:
+        return parse_storages(document, SettingLocation(document, setting, listed=listed), _environ(environ))
+    except ConfigurationError as exc:
+        raise _printable_error(exc) from None
+    except RecursionError:  # a list that holds itself, say
+        raise ConfigurationError(
+            "the value is nested too deeply (or holds itself) and cannot be checked; flatten it",
+            source=printable(setting),
+        ) from None
+
+
+def _environ(environ: Mapping[str, str] | None) -> Mapping[str, str]:
+    return os.environ if environ is None else environ
 
 
 def _printable_error(exc: ConfigurationError) -> ConfigurationError:
@@ -80,88 +106,77 @@ def _printable_error(exc: ConfigurationError) -> ConfigurationError:
         return exc
     return ConfigurationError(
         shortened(printable(" ".join(exc.problem.split())), LONGEST_MESSAGE // 2),
-        source=None if exc.source is None else printable(exc.source),
+        source=None if exc.source is None else shortened(printable(exc.source), LONGEST_MESSAGE // 5),
         line=exc.line,
         storage=None if exc.storage is None else shortened(exc.storage, LONGEST_MESSAGE // 10),
         option=None if exc.option is None else shortened(exc.option, LONGEST_MESSAGE // 10),
     )
 
 
-def parse_storages(document: Any, source: str, environ: Mapping[str, str]) -> list[StorageSpec]:
-    """Check the parsed document; every problem raises a one-line ``ConfigurationError``."""
+def parse_storages(document: Any, where: Location, environ: Mapping[str, str]) -> list[StorageSpec]:
+    """Check the parsed document (plain Python data, or YAML that knows its lines); every problem
+    raises a one-line ``ConfigurationError`` that says ``where`` the culprit is."""
     if document is None:
-        raise ConfigurationError("the file is empty; it needs a top-level 'storages:' list", source=source)
-    _refuse_duplicate_keys(document.duplicates if isinstance(document, LocatedDict) else [], source)
-    if not isinstance(document, LocatedDict):
-        raise ConfigurationError(
-            "the top level must be a mapping with a 'storages:' list", source=source, line=_line(document, 1)
-        )
-    entries = document.get("storages")
+        raise where.error("the file is empty; it needs a top-level 'storages:' list")
+    _refuse_duplicate_keys(document, where, ())
+    if not isinstance(document, Mapping):
+        raise where.error("the top level must be a mapping with a 'storages:' list")
     if "storages" not in document:
-        raise ConfigurationError(
-            "there is no top-level 'storages:' list; add one", source=source, line=document.line
-        )
-    if not isinstance(entries, LocatedList) or not entries:
-        raise ConfigurationError(
+        raise where.error("there is no top-level 'storages:' list; add one")
+    entries = document["storages"]
+    if not isinstance(entries, (list, tuple)) or not entries:
+        raise where.error(
             "'storages:' must be a non-empty list of storages (each with name, classname, configuration)",
-            source=source,
-            line=document.line_of("storages"),
+            ("storages",),
         )
 
     specs: list[StorageSpec] = []
-    first_line: dict[str, int] = {}
-    for entry, line in zip(entries, entries.item_lines, strict=True):
-        spec = _parse_entry(entry, line, source, environ)
-        if spec.name in first_line:
-            raise ConfigurationError(
-                f"the name is used twice (first on line {first_line[spec.name]}); "
+    first_path: dict[str, KeyPath] = {}
+    for index, entry in enumerate(entries):
+        path = ("storages", index)
+        spec = _parse_entry(entry, path, where, environ)
+        if spec.name in first_path:
+            raise where.error(
+                f"the name is used twice (first {where.mention((*first_path[spec.name], 'name'))}); "
                 "storage names must be unique",
-                source=source,
-                line=spec.line,
+                (*path, "name"),
                 storage=spec.name,
             )
-        first_line[spec.name] = spec.line
+        first_path[spec.name] = path
         specs.append(spec)
     return specs
 
 
-def _parse_entry(entry: Any, line: int, source: str, environ: Mapping[str, str]) -> StorageSpec:
-    if not isinstance(entry, LocatedDict):
-        raise ConfigurationError(
-            "each item of 'storages:' must be a mapping with name, classname and configuration",
-            source=source,
-            line=line,
+def _parse_entry(entry: Any, path: KeyPath, where: Location, environ: Mapping[str, str]) -> StorageSpec:
+    if not isinstance(entry, Mapping):
+        raise where.error(
+            "each item of 'storages:' must be a mapping with name, classname and configuration", path
         )
     name = entry.get("name")
     if not isinstance(name, str) or not name.strip():
-        raise ConfigurationError(
-            "a storage needs a 'name:' (non-empty text)", source=source, line=entry.line_of("name")
-        )
+        raise where.error("a storage needs a 'name:' (non-empty text)", (*path, "name"))
     if not name.isprintable():
-        raise ConfigurationError(
+        raise where.error(
             "the name must be printable text (no control characters or lone surrogates); rename the storage",
-            source=source,
-            line=entry.line_of("name"),
+            (*path, "name"),
             storage=name,
         )
 
     def fail(problem: str, key: str | None = None, option: str | None = None) -> ConfigurationError:
-        return ConfigurationError(
-            problem, source=source, line=entry.line_of(key or "name"), storage=name, option=option
-        )
+        return where.error(problem, (*path, key or "name"), storage=name, option=option)
 
-    _refuse_duplicate_keys(entry.duplicates, source, name)
+    _refuse_duplicate_keys(entry, where, path, name)
     for key in entry:
         if key not in ENTRY_KEYS:
             raise fail(f"unknown key {key!r}; a storage takes: {', '.join(ENTRY_KEYS)}", key)
 
     configuration = entry.get("configuration")
     if configuration is None:
-        configuration = LocatedDict()
-        configuration.line, configuration.key_lines, configuration.duplicates = entry.line, {}, []
-    if not isinstance(configuration, LocatedDict):
+        configuration = {}
+    if not isinstance(configuration, Mapping):
         raise fail("'configuration:' must be a mapping of option: value", "configuration")
-    _refuse_duplicate_keys(configuration.duplicates, source, name, in_options=True)
+    options_path = (*path, "configuration")
+    _refuse_duplicate_keys(configuration, where, options_path, name, in_options=True)
     cls = _resolve_class(entry, name, fail)
 
     raw: dict[str, Any] = {}
@@ -170,27 +185,24 @@ def _parse_entry(entry: Any, line: int, source: str, environ: Mapping[str, str])
             raise fail("option names must be text", "configuration")
         nested = duplicate_key(value)
         if nested:
-            _refuse_duplicate_keys([nested], source, name, option)
+            _refuse_duplicate_keys(value, where, (*options_path, option), name, option, nested=nested)
         try:
             raw[option] = _expanded(value, environ)
         except InvalidReference as exc:
-            raise ConfigurationError(
-                str(exc), source=source, line=configuration.line_of(option), storage=name, option=option
-            ) from None
-    options = _built_once(cls, raw, entry, configuration=configuration, source=source, fail=fail)
-    retry = _retry_policy(entry, source, name)
-    return StorageSpec(
-        name=name, cls=cls, options=options, source=source, line=entry.line_of("name"), retry=retry
-    )
+            raise where.error(str(exc), (*options_path, option), storage=name, option=option) from None
+    options = _built_once(cls, raw, entry, path=path, where=where, fail=fail)
+    retry = _retry_policy(entry, path, where, name)
+    source, line = where.place((*path, "name"))
+    return StorageSpec(name=name, cls=cls, options=options, source=source, line=line or 0, retry=retry)
 
 
 def _built_once(
     cls: type[DataStorage],
     raw: dict[str, Any],
-    entry: LocatedDict,
+    entry: Mapping[str, Any],
     *,
-    configuration: LocatedDict,
-    source: str,
+    path: KeyPath,
+    where: Location,
     fail: Any,
 ) -> dict[str, Any]:
     """The checked options, once one instance has been built with them (no adapter may do I/O then).
@@ -199,84 +211,84 @@ def _built_once(
     Whatever either raises becomes one line naming the storage and the class.
     """
     name = entry["name"]
-    where = "configuration" if "configuration" in entry else "classname"
+    key = "configuration" if "configuration" in entry else "classname"
     try:
         options = check_options(cls, raw)
     except OptionProblem as exc:
-        raise _option_error(exc, configuration, source, name) from None
+        raise _option_error(exc, path, where, name) from None
     except Exception as exc:  # noqa: BLE001 - e.g. environment text that YAML cannot read
         raise fail(
             f"the configuration cannot be checked ({describe_exception(exc)}); "
             "check its values and the environment variables they use",
-            where,
+            key,
         ) from None
     checking = BUILDING_TO_CHECK.set(True)
     try:
         cls(**options)
     except OptionProblem as exc:
-        raise _option_error(exc, configuration, source, name) from None
+        raise _option_error(exc, path, where, name) from None
     except Exception as exc:  # noqa: BLE001 - whatever an adapter raises when built is the configuration's
         raise fail(
             f"{cls.__module__}.{cls.__qualname__} could not be built ({describe_exception(exc)}); "
             "fix its configuration or the environment it reads",
-            where,
+            key,
         ) from None
     finally:
         BUILDING_TO_CHECK.reset(checking)
     return options
 
 
-def _option_error(
-    exc: OptionProblem, configuration: LocatedDict, source: str, name: str
-) -> ConfigurationError:
-    """One option's problem, on the line of that option (or of the configuration when it is missing)."""
-    line = configuration.line_of(exc.option) if exc.option in configuration else configuration.line
-    return ConfigurationError(str(exc), source=source, line=line, storage=name, option=exc.option)
+def _option_error(exc: OptionProblem, path: KeyPath, where: Location, name: str) -> ConfigurationError:
+    """One option's problem, where that option is written (or the configuration, when it is missing)."""
+    option_path = (*path, "configuration", *(() if exc.option is None else (exc.option,)))
+    return where.error(str(exc), option_path, storage=name, option=exc.option)
 
 
-def _retry_policy(entry: LocatedDict, source: str, storage: str) -> RetryPolicy:
+def _retry_policy(entry: Mapping[str, Any], path: KeyPath, where: Location, storage: str) -> RetryPolicy:
     """The entry's ``retry:`` mapping and ``timeout:`` as a policy (absent: the defaults)."""
     value = entry.get("retry")
-    if value is not None and not isinstance(value, LocatedDict):
-        raise ConfigurationError(
+    if value is not None and not isinstance(value, Mapping):
+        raise where.error(
             "'retry:' must be a mapping with attempts, backoff and max_backoff",
-            source=source, line=entry.line_of("retry"), storage=storage,
-        )  # fmt: skip
+            (*path, "retry"),
+            storage=storage,
+        )
     try:
         return retry_policy(value, entry.get("timeout"))
     except OptionProblem as exc:
-        key = (exc.option or "").removeprefix("retry.")
-        if exc.option == "timeout" or value is None:
-            line = entry.line_of(exc.option or "retry")
+        if exc.option == "timeout":
+            culprit: KeyPath = (*path, "timeout")
         else:
-            line = value.line_of(key)
-        raise ConfigurationError(
-            str(exc), source=source, line=line, storage=storage, option=exc.option
-        ) from None
+            culprit = (*path, "retry", (exc.option or "").removeprefix("retry."))
+        raise where.error(str(exc), culprit, storage=storage, option=exc.option) from None
 
 
 def _refuse_duplicate_keys(
-    duplicates: list[tuple[Any, int, int]],
-    source: str,
+    value: Any,
+    where: Location,
+    path: KeyPath,
     storage: str | None = None,
     option: str | None = None,
+    *,
     in_options: bool = False,
+    nested: tuple[Any, int, int] | None = None,
 ) -> None:
-    """A key written twice is an error (YAML would silently keep the last one)."""
+    """A key written twice is an error (YAML would silently keep the last one; Python data cannot)."""
+    duplicates = [nested] if nested else getattr(value, "duplicates", None)
     if not duplicates:
         return
     key, line, first_line = duplicates[0]
     what = f"key {key!r}" if option or not in_options else "the option"
-    raise ConfigurationError(
+    raise where.error(
         f"{what} is written twice in one mapping (first on line {first_line}); keep only one of them",
-        source=source,
-        line=line,
+        path,
         storage=storage,
         option=option or (str(key) if in_options else None),
+        line=line,
     )
 
 
-def _resolve_class(entry: LocatedDict, name: str, fail: Any) -> type[DataStorage]:
+def _resolve_class(entry: Mapping[str, Any], name: str, fail: Any) -> type[DataStorage]:
     classname = entry.get("classname", name)
     if not isinstance(classname, str) or not classname:
         raise fail("'classname:' must be the name of a class", "classname")
@@ -333,7 +345,3 @@ def _expanded(value: Any, environ: Mapping[str, str]) -> Any:
     if isinstance(value, list):
         return [_expanded(item, environ) for item in value]
     return value
-
-
-def _line(value: Any, default: int) -> int:
-    return getattr(value, "line", default)

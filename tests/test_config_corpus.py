@@ -52,7 +52,7 @@ EXPECTED: dict[str, tuple[int | None, str | None, str | None, str]] = {
         3,
         "Results",
         None,
-        "storage 'Results': unknown key 'clasname'; a storage takes: name, classname, import, configuration, cache, retry",
+        "storage 'Results': unknown key 'clasname'; a storage takes: name, classname, import, configuration, cache, retry, timeout",
     ),
     "unknown_class.yml": (
         3,

@@ -14,6 +14,7 @@ import contextlib
 import json
 import traceback
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
@@ -39,6 +40,10 @@ MAX_KEY_LENGTH = 255
 
 #: Characters no id or name may hold: C0 controls (NUL, CR, LF, ...) and DEL.
 _CONTROL = frozenset(chr(code) for code in (*range(0x20), 0x7F))
+
+#: Set, to a list, while ``check`` connects a storage: its ``connect`` must then change nothing on the
+#: server (no DDL); what the worker would create at start and is missing (a table) is noted in the list.
+CHECK_NOTES: ContextVar[list[str] | None] = ContextVar("CHECK_NOTES", default=None)
 
 #: Strict, compact JSON: NaN and infinities are refused (no JSON parser outside Python reads them).
 #: Built once: ``json.dumps`` with options makes a new encoder on every call.

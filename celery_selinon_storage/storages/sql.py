@@ -19,7 +19,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from ..errors import ConfigurationError, OptionProblem, ResultNotSerializableError, ResultTooLargeError
 from ..secrets import mask_url
-from .base import JsonStorage, Record, require_utf8, to_json
+from .base import CHECK_NOTES, JsonStorage, Record, require_utf8, to_json
 
 #: SQLAlchemy 2 no longer accepts the ``postgres://`` scheme that Selinon's docs write.
 _SCHEME_ALIASES = {"postgres": "postgresql"}
@@ -135,6 +135,10 @@ class SqlStorage(JsonStorage):
         return _Session(engine=engine, connection=connection, dialect=engine.dialect.name)
 
     def _verify(self, handle: _Session) -> None:
+        notes = CHECK_NOTES.get()
+        if notes is not None and not sa.inspect(handle.connection).has_table(self.table_name):
+            notes.append(f"table {self.table_name} does not exist (the worker creates it at start)")
+            return
         _create_table(handle.connection, _results_table(self.table_name, handle.dialect))
         if handle.dialect == "postgresql":
             handle.legacy_jsonb = _result_column_type(handle.connection, self.table_name) == "jsonb"
@@ -446,7 +450,13 @@ def _pg8000_with_own_socket(dialect: Any, _record: Any, cargs: Any, cparams: dic
     host = cparams.get("host", "localhost")
     if cparams.get("unix_sock") or cparams.get("sock") or str(host).startswith("/"):
         return None  # pg8000 connects as usual
-    sock = socket.create_connection((host, cparams.get("port", 5432)), cparams.get("timeout"))
+    port = cparams.get("port", 5432)
+    try:
+        sock = socket.create_connection((host, port), cparams.get("timeout"))
+    except OSError as exc:  # as pg8000 reports it, so that SQLAlchemy wraps it as its other errors
+        raise dialect.loaded_dbapi.InterfaceError(
+            f"Can't create a connection to host {host} and port {port}"
+        ) from exc
     try:
         return dialect.loaded_dbapi.Connection(*cargs, **{**cparams, "sock": sock})
     except BaseException:
