@@ -97,7 +97,7 @@ def test_a_down_storage_fails_the_check_without_leaking_its_password(
     assert (down["name"], down["ok"]) == ("Down", False)
     assert (down["connect"], down["error"]) == (
         "failed",
-        "ConnectionRefusedError: [Errno 111] Connection refused",
+        "InterfaceError: Can't create a connection to host 127.0.0.1 and port 1 (Connection refused)",
     )
     assert "app:***@127.0.0.1:1/app" in down["target"]
     assert PASSWORD not in out + err
