@@ -4,16 +4,18 @@
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import redis
+import selinon
 import selinon.storage
 from selinon import Config, StoragePool, run_flow
 
-from celery_selinon_storage import ConfigurationError, open_storages
+from celery_selinon_storage import ConfigurationError, open_storages, selinon_alias
 from celery_selinon_storage.managed import ManagedStorage
 from celery_selinon_storage.selinon_alias import offer_builtins_to_selinon
 from celery_selinon_storage.selinon_bridge import bridge_selinon
@@ -192,3 +194,14 @@ def test_a_prefork_worker_runs_selinon_flows_from_the_seed_form_file(
     finally:
         client.close()
     assert len(stored) == 3 * len(dispatchers)  # Start, Double and AddOne of every flow, by the built-in
+
+
+def test_without_such_a_module_in_selinon_one_is_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    absent = "selinon.storage_of_a_later_selinon"
+    monkeypatch.setattr(selinon_alias, "SELINON_MODULE", absent)
+    monkeypatch.setitem(sys.modules, absent, None)  # not importable; the registration is undone with the test
+    monkeypatch.setattr(selinon, absent.rpartition(".")[2], None, raising=False)
+    offer_builtins_to_selinon()
+    namespace: dict[str, object] = {}
+    exec(f"from {absent} import InMemoryStorage", namespace)  # what Selinon's generated config runs
+    assert issubclass(namespace["InMemoryStorage"], InMemoryStorage)  # type: ignore[arg-type]
