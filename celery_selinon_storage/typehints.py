@@ -3,6 +3,7 @@ the JSON Schema share."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import types
 import typing
@@ -14,12 +15,17 @@ NAMED_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWOR
 
 
 def init_type_hints(cls: type) -> dict[str, Any]:
-    """The annotations of ``cls.__init__``, resolved one by one.
+    """The annotations of ``cls.__init__``, resolved one by one (worked out once per class).
 
     Names are looked up where the function was written (through ``functools.wraps`` decorators), then in
     the class that defines ``__init__``. An annotation that cannot be resolved (a name imported only for
     type checkers, say) is left out, and only its own check is lost: never the others.
     """
+    return dict(_resolved_hints(cls))
+
+
+@functools.lru_cache(maxsize=1024)
+def _resolved_hints(cls: type) -> dict[str, Any]:
     init = cls.__init__  # type: ignore[misc]
     function = inspect.unwrap(init)
     annotations = getattr(function, "__annotations__", None) or getattr(init, "__annotations__", None)

@@ -217,7 +217,7 @@ TAKEN: list[tuple[str, Any]] = [
     ("kind", st.sampled_from(["a", "b"])),
     ("hosts", st.none() | st.lists(st.text())),
     ("extra", st.none() | st.dictionaries(st.text(), st.integers() | st.text())),
-    ("anything", st.recursive(st.none() | st.booleans() | st.integers() | st.text(), st.lists)),
+    ("anything", st.none() | st.booleans() | st.integers() | st.text() | st.lists(st.integers())),
     ("debug", st.booleans()),
 ]
 
