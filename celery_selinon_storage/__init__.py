@@ -24,6 +24,7 @@ from .errors import (
     WrongProcessError,
 )
 from .lifecycle import get_storage, open_storages
+from .selinon_alias import offer_builtins_to_selinon
 from .storages import BUILTIN_STORAGES, builtin_storage_class
 
 __all__ = [
@@ -44,6 +45,9 @@ __all__ = [
     "install",
     "open_storages",
 ]
+
+# The seed's form, `import: selinon.storage` + `classname: RedisStorage`, also in Selinon's own loader.
+offer_builtins_to_selinon()
 
 
 # The adapters: type checkers see the registry module's; at run time each is imported on first use.

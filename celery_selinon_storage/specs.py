@@ -12,7 +12,7 @@ from typing import Any
 
 from selinon import DataStorage
 
-from .envvars import InvalidReference, expand, has_reference
+from .envvars import Braces, InvalidReference, expand
 from .errors import ConfigurationError, OptionProblem, describe_exception, printable, shortened
 from .locations import FileLocation, KeyPath, Location, SettingLocation
 from .options import check_options
@@ -187,7 +187,7 @@ def _parse_entry(entry: Any, path: KeyPath, where: Location, environ: Mapping[st
         if nested:
             _refuse_duplicate_keys(value, where, (*options_path, option), name, option, nested=nested)
         try:
-            raw[option] = _expanded(value, environ)
+            raw[option] = _expanded(value, environ, _braces(cls))
         except InvalidReference as exc:
             raise where.error(str(exc), (*options_path, option), storage=name, option=option) from None
     options = _built_once(cls, raw, entry, path=path, where=where, fail=fail)
@@ -336,12 +336,24 @@ def _resolve_class(entry: Mapping[str, Any], name: str, fail: Any) -> type[DataS
     return cls
 
 
-def _expanded(value: Any, environ: Mapping[str, str]) -> Any:
-    """Plain Python data with environment references expanded in every text value."""
+def _expanded(value: Any, environ: Mapping[str, str], braces: Braces = "literal") -> Any:
+    """Plain Python data with environment references expanded in every text value.
+
+    ``braces`` says how ``{...}`` is read in the value itself (``envvars.expand``); inside a list or a
+    mapping, where Selinon's adapters formatted nothing, a Selinon-form reference is refused rather than
+    expanded (built-in storages) or kept as written (custom classes).
+    """
     if isinstance(value, str):
-        return expand(value, environ) if has_reference(value) else value
+        return expand(value, environ, braces=braces)
+    inner: Braces = "literal" if braces == "literal" else "refuse"
     if isinstance(value, dict):
-        return {key: _expanded(item, environ) for key, item in value.items()}
+        return {key: _expanded(item, environ, inner) for key, item in value.items()}
     if isinstance(value, list):
-        return [_expanded(item, environ) for item in value]
+        return [_expanded(item, environ, inner) for item in value]
     return value
+
+
+def _braces(cls: type) -> Braces:
+    """How an option's braces are read: refused where they look like Selinon's ``{VAR}`` in the options of
+    a built-in storage (which never read them), as written for a custom class (which may format them)."""
+    return "refuse" if cls.__module__.startswith(f"{__package__}.storages.") else "literal"

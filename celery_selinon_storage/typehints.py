@@ -3,9 +3,11 @@ the JSON Schema share."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any
 
 #: Parameters that can be given by name (the options a storages file can set).
@@ -13,22 +15,45 @@ NAMED_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWOR
 
 
 def init_type_hints(cls: type) -> dict[str, Any]:
-    """The annotations of ``cls.__init__``, resolved one by one; one that cannot be resolved (a name
-    imported only for type checkers, say) is left out, and only its own check is lost."""
+    """The annotations of ``cls.__init__``, resolved one by one (worked out once per class).
+
+    Names are looked up where the function was written (through ``functools.wraps`` decorators), then in
+    the class that defines ``__init__``. An annotation that cannot be resolved (a name imported only for
+    type checkers, say) is left out, and only its own check is lost: never the others.
+    """
+    return dict(_resolved_hints(cls))
+
+
+@functools.lru_cache(maxsize=1024)
+def _resolved_hints(cls: type) -> dict[str, Any]:
     init = cls.__init__  # type: ignore[misc]
-    try:
-        resolved: dict[str, Any] = typing.get_type_hints(init)
-        return resolved
-    except Exception:  # noqa: BLE001 - resolve what can be resolved, below
-        pass
+    function = inspect.unwrap(init)
+    annotations = getattr(function, "__annotations__", None) or getattr(init, "__annotations__", None)
+    if not isinstance(annotations, Mapping):
+        return {}
+    globalns: dict[str, Any] = getattr(function, "__globals__", {})
+    owner = next((c for c in cls.__mro__ if "__init__" in vars(c)), cls)
+    class_scope = {**vars(owner), owner.__name__: owner}
     hints: dict[str, Any] = {}
-    for name, written in getattr(init, "__annotations__", {}).items():
-        one = types.SimpleNamespace(__annotations__={name: written})
-        try:
-            hints.update(typing.get_type_hints(one, globalns=getattr(init, "__globals__", None)))
-        except Exception:  # noqa: BLE001 - unresolvable: no check for this option
-            continue
+    for name, written in annotations.items():
+        resolved = _resolved(name, written, globalns, None)
+        if resolved is _UNRESOLVED:
+            resolved = _resolved(name, written, globalns, class_scope)
+        if resolved is not _UNRESOLVED:
+            hints[name] = resolved
     return hints
+
+
+_UNRESOLVED = object()
+
+
+def _resolved(name: str, written: Any, globalns: dict[str, Any], localns: dict[str, Any] | None) -> Any:
+    """One annotation evaluated as ``typing.get_type_hints`` does it, or ``_UNRESOLVED``."""
+    holder = types.SimpleNamespace(__annotations__={name: written})
+    try:
+        return typing.get_type_hints(holder, globalns=globalns, localns=localns)[name]
+    except Exception:  # noqa: BLE001 - NameError, SyntaxError, TypeError...: this option goes unchecked
+        return _UNRESOLVED
 
 
 def members(annotation: Any) -> tuple[Any, ...]:
