@@ -21,6 +21,10 @@ SCHEMA_PATH = Path(__file__).with_name("storages.schema.json")
 #: An option that is one whole ``${VAR}`` reference is converted after expansion (see the README).
 _WHOLE_REFERENCE = {"type": "string", "pattern": "^\\$\\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\\}$"}
 
+#: Text that writes a number, which the option checker reads as that number ('5432', YAML 1.1's 1e3).
+_NUMBER_TEXT = {"type": "string", "pattern": "^[-+]?(\\.[0-9]+|[0-9]+(\\.[0-9]*)?)([eE][-+]?[0-9]+)?$"}
+_INTEGER_TEXT = {"type": "string", "pattern": "^[-+]?[0-9]+$"}
+
 _JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "object", list: "array"}
 
 
@@ -84,8 +88,14 @@ def _builtin_entry(class_name: str) -> dict[str, Any]:
         option = _type_schema(hints.get(name, Any))
         if parameter.default is not inspect.Parameter.empty and parameter.default is not None:
             option["default"] = parameter.default
-        if "string" not in option.get("type", ["string"]):
-            option = {"anyOf": [option, _WHOLE_REFERENCE]}  # port: ${REDIS_PORT:-6379}
+        kinds = option.get("type", ["string"])
+        if "string" not in kinds:
+            alternatives = [option, _WHOLE_REFERENCE]  # port: ${REDIS_PORT:-6379}
+            if "number" in kinds:
+                alternatives.append(_NUMBER_TEXT)
+            elif "integer" in kinds:
+                alternatives.append(_INTEGER_TEXT)
+            option = {"anyOf": alternatives}
         options[name] = option
         if parameter.default is inspect.Parameter.empty:
             required.append(name)
