@@ -123,23 +123,10 @@ class AmazonS3(DataStorage):  # type: ignore[misc]
 
 
 class S3TempArtifacts(AmazonS3):  # type: ignore[misc]
-    """Artifacts that expire after ``days_to_expire``."""
+    """Artifacts that expire after ``days_to_expire``; the other options are AmazonS3's."""
 
-    def __init__(
-        self,
-        aws_access_key_id: str | None = None,
-        aws_secret_access_key: str | None = None,
-        bucket_name: str | None = None,
-        region_name: str | None = None,
-        endpoint_url: str | None = None,
-        use_ssl: bool = False,
-        encryption: str | bool | None = None,
-        versioned: bool | None = None,
-        days_to_expire: int | None = None,
-    ) -> None:
-        super().__init__(
-            aws_access_key_id, aws_secret_access_key, bucket_name, region_name, endpoint_url, use_ssl
-        )
+    def __init__(self, *, days_to_expire: int | None = None, **options: Any) -> None:
+        super().__init__(**options)
         self.days_to_expire = days_to_expire
 
 
