@@ -55,7 +55,6 @@ _MEMORY = Served(
 _SQL = Served("SqlStorage", "SelinonSqlStorage", "table result", {"encoding": _UTF8})
 _MONGO = Served("MongoStorage", "SelinonMongoStorage", "one document per task, found by task_id")
 _S3 = Served("S3Storage", "SelinonS3Storage", "object key = task id")
-_SELINONLIB_S3 = Served("S3Storage", "SelinonlibS3Storage", "object key = task id, the result's bytes")
 _FILES = Served(
     "FilesystemStorage", "SelinonFilesystemStorage", "{path}/{flow_name}/{task_name}/{task_id}.json"
 )
@@ -74,7 +73,7 @@ SELINON_CLASSES: dict[tuple[str, str], Served] = {
     ("selinonlib.storages.sqlStorage", "SqlStorage"): _SQL,
     ("selinonlib.storages.sql_storage", "SqlStorage"): _SQL,
     ("selinonlib.storages.mongo", "MongoStorage"): _MONGO,
-    ("selinonlib.storages.s3", "S3"): _SELINONLIB_S3,
+    ("selinonlib.storages.s3", "S3"): _S3,
     ("selinonlib.storages.inMemoryStorage", "InMemoryStorage"): _MEMORY,
     ("selinonlib.storages.in_memory_storage", "InMemoryStorage"): _MEMORY,
     # Selinon 0.x

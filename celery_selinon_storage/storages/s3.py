@@ -233,7 +233,7 @@ class SelinonS3Storage(S3Storage):
     The object key is the bare task id. With ``serialize_json`` the body is the result as JSON (Selinon's
     encoding); without it, the result is stored as given and must be bytes, as in Selinon. A missing bucket
     is created in ``location`` (in us-east-1 too, which Selinon's adapter could not do). Serves
-    ``selinon.storages.s3.S3``.
+    ``selinon.storages.s3.S3`` and selinonlib's ``S3`` (the same without ``serialize_json``).
     """
 
     def __init__(
@@ -286,32 +286,6 @@ class SelinonS3Storage(S3Storage):
 
     def _result_of(self, found: Any, task_id: str) -> Any:
         return json.loads(found) if self.serialize_json else found
-
-
-class SelinonlibS3Storage(SelinonS3Storage):
-    """selinonlib's S3 adapter (``selinonlib.storages.s3.S3``): Selinon 1.4's without ``serialize_json``
-    (results are bytes, stored as given), ``location`` required."""
-
-    def __init__(
-        self,
-        *,
-        bucket: str,
-        location: str,
-        endpoint_url: str | None = None,
-        use_ssl: bool | None = None,
-        aws_access_key_id: str | None = None,
-        aws_secret_access_key: str | None = None,
-        region_name: str | None = None,
-    ) -> None:
-        super().__init__(
-            bucket=bucket,
-            location=location,
-            endpoint_url=endpoint_url,
-            use_ssl=use_ssl,
-            aws_access_key_id=aws_access_key_id,
-            aws_secret_access_key=aws_secret_access_key,
-            region_name=region_name,
-        )
 
 
 _quiet_chatty_loggers()  # at import: the prefork parent imports adapters when it checks the file
