@@ -293,6 +293,8 @@ def test_storing_over_a_selinon_record_replaces_it_and_missing_records_raise_mis
             storage.delete(FLOW, TASK, task_id)
             with pytest.raises(MissingResultError):
                 storage.delete(FLOW, TASK, task_id)
+        with pytest.raises(ResultNotSerializableError, match=r"keeps results in JSONB \(Selinon's layout\)"):
+            storages.get("PostgreSQL").store(NODE_ARGS, FLOW, TASK, task_id, {"large": 1e16})  # JSONB: 10**16
 
 
 def test_mongodb_duplicates_written_by_selinon_read_as_the_newest_and_are_deleted_together(
