@@ -17,6 +17,7 @@ from .errors import ConfigurationError, OptionProblem, describe_exception, print
 from .locations import FileLocation, KeyPath, Location, SettingLocation
 from .options import check_options
 from .retry import DEFAULT_RETRY, RetryPolicy, retry_policy
+from .selinon_classes import SELINON_CLASSES, announce, serving_class
 from .storages import BUILTIN_STORAGES, builtin_storage_class
 from .storages.base import JsonStorage
 from .yaml_source import LONGEST_MESSAGE, duplicate_key, load_yaml_file
@@ -307,6 +308,12 @@ def _resolve_class(entry: Mapping[str, Any], name: str, fail: Any) -> type[DataS
             cls = builtin_storage_class(classname)
         except ImportError as exc:
             raise fail(f"{exc}", "classname") from None
+    elif (module_name, classname) in SELINON_CLASSES:  # Selinon's own classes fail on current drivers
+        try:
+            cls = serving_class(module_name, classname)  # type: ignore[assignment]
+        except ImportError as exc:
+            raise fail(f"{exc}", "import") from None
+        announce(name, module_name, classname, entry.get("configuration"))
     else:
         try:
             module = importlib.import_module(module_name)

@@ -22,7 +22,7 @@ CASES = [(name, server) for name, builtin in BUILTIN_STORAGES.items() for server
 #: Kind of server -> the built-in adapter that runs on it.
 ADAPTER_ON = {server: name for name, server in CASES}
 
-#: Where each kind of server is: a fixture of conftest.py (sqlite and memory need none).
+#: Where each kind of server is: a fixture of conftest.py (sqlite, memory and filesystem need none).
 _SERVER_FIXTURES = {
     "postgresql": "postgres_url",
     "mariadb": "mariadb_url",
@@ -39,6 +39,8 @@ def server_url(server: str, request: pytest.FixtureRequest, tmp_path: Path) -> s
         return "memory://"
     if server == "sqlite":
         return f"sqlite:///{tmp_path / 'results.sqlite3'}"
+    if server == "filesystem":
+        return str(tmp_path / "files")
     return str(request.getfixturevalue(_SERVER_FIXTURES[server]))
 
 

@@ -54,6 +54,9 @@ BUILTIN_STORAGES: dict[str, Builtin] = {
             "mongo": lambda url, namespace: {"uri": url, "db_name": "css_tests", "collection_name": namespace}
         },
     ),
+    "FilesystemStorage": Builtin(
+        ".filesystem", servers={"filesystem": lambda url, namespace: {"path": f"{url}/{namespace}"}}
+    ),
     "S3Storage": Builtin(
         ".s3",
         driver="boto3",
@@ -93,6 +96,7 @@ def require(driver: str, extra: str) -> None:
 # What type checkers see of the adapters (a test keeps these equal to the registry above); at run time
 # each is imported on first use, by __getattr__, with its driver.
 if TYPE_CHECKING:
+    from .filesystem import FilesystemStorage as FilesystemStorage
     from .memory import InMemoryStorage as InMemoryStorage
     from .mongo import MongoStorage as MongoStorage
     from .redis import RedisStorage as RedisStorage

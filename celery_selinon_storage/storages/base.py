@@ -151,15 +151,15 @@ class JsonStorage(DataStorage):  # type: ignore[misc]
     def retrieve(self, flow_name: str, task_name: str, task_id: str) -> Any:
         """The result stored under ``task_id``, or ``MissingResultError``."""
         self.check_keys(task_id, flow_name, task_name)
-        found = self._exchange(self._read, task_id)
+        found = self._exchange(self._read, self.locate(flow_name, task_name, task_id))
         if found is None:
             raise MissingResultError(self.label, task_id)
-        return json.loads(found)
+        return self._result_of(found, task_id)
 
     def delete(self, flow_name: str, task_name: str, task_id: str) -> None:
         """Delete the record of ``task_id``, or ``MissingResultError`` when there is none."""
         self.check_keys(task_id, flow_name, task_name)
-        if not self._exchange(self._remove, task_id):
+        if not self._exchange(self._remove, self.locate(flow_name, task_name, task_id)):
             raise MissingResultError(self.label, task_id)
 
     def store_error(
@@ -188,14 +188,24 @@ class JsonStorage(DataStorage):  # type: ignore[misc]
         raise NotImplementedError
 
     @abc.abstractmethod
-    def _read(self, task_id: str) -> str | bytes | None:
-        """The stored JSON of ``task_id``, or None."""
+    def _read(self, task_id: str) -> Any:
+        """The stored JSON of ``task_id`` (or what ``_result_of`` reads), or None."""
         raise NotImplementedError
 
     @abc.abstractmethod
     def _remove(self, task_id: str) -> bool:
         """Delete the record of ``task_id``; whether there was one."""
         raise NotImplementedError
+
+    # -- layout hooks: where a record is and how its result is read back -------------------------
+
+    def locate(self, flow_name: str, task_name: str, task_id: str) -> str:
+        """What ``_read`` and ``_remove`` get: the task id, unless a layout keys records by names too."""
+        return task_id
+
+    def _result_of(self, found: Any, task_id: str) -> Any:
+        """The result in what ``_read`` found for ``task_id``: JSON text, unless a layout says otherwise."""
+        return json.loads(found)
 
     # -- checks before any I/O ----------------------------------------------------------------
 

@@ -41,3 +41,17 @@ class InMemoryStorage(JsonStorage):
 
     def _remove(self, task_id: str) -> bool:
         return self.handle().pop(task_id, None) is not None
+
+
+class SelinonInMemoryStorage(InMemoryStorage):
+    """Selinon's in-memory adapter's options (``echo``, ``json``: printing each record, not done here).
+
+    Serves ``selinon.storages.memory.InMemoryStorage`` (Selinon 1.4) and selinonlib's ``InMemoryStorage``.
+    Each process keeps its own records, as there.
+    """
+
+    def __init__(self, echo: bool | str = False, json: bool = False) -> None:
+        super().__init__()
+
+    def __repr__(self) -> str:
+        return "SelinonInMemoryStorage()"

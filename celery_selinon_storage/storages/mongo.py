@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
+import bson.errors
 import pymongo
 import pymongo.errors
 import pymongo.uri_parser
 
-from ..errors import OptionProblem, ResultTooLargeError
+from ..errors import OptionProblem, ResultNotSerializableError, ResultTooLargeError
 from .base import JsonStorage, Record
+from .selinon_layout import as_int, node_args_data, result_field
 
 _MAX_BSON = 16 * 1024 * 1024
 
@@ -100,12 +104,18 @@ class MongoStorage(JsonStorage):
             "task_name": record.task_name,
             "result": record.text,
         }
-        try:
+        with self._bounded(record):
             self._collection().replace_one({"_id": record.task_id}, document, upsert=True)
+        return record.task_id
+
+    @contextlib.contextmanager
+    def _bounded(self, record: Record) -> Iterator[None]:
+        """A document over MongoDB's limit becomes ``ResultTooLargeError``."""
+        try:
+            yield
         except pymongo.errors.DocumentTooLarge:
             hint = "MongoDB documents hold at most 16 MiB: store less"
             raise ResultTooLargeError(self.label, record.task_id, len(record.data), _MAX_BSON, hint) from None
-        return record.task_id
 
     def _read(self, task_id: str) -> str | None:
         found = self._collection().find_one({"_id": task_id}, {"result": 1})
@@ -113,3 +123,54 @@ class MongoStorage(JsonStorage):
 
     def _remove(self, task_id: str) -> bool:
         return bool(self._collection().delete_one({"_id": task_id}).deleted_count)
+
+
+class SelinonMongoStorage(MongoStorage):
+    """Selinon's MongoDB adapter on current pymongo: its options, and its data layout, so that workers still
+    on Selinon's adapter and this one share the records.
+
+    One document ``{flow_name, node_args, task_name, task_id, result}`` per task, the result as native BSON
+    and ``_id`` an ObjectId, found by ``task_id``. Selinon inserts, so a task stored twice by its workers
+    has two documents: this adapter reads the newest (the greatest ``_id``), replaces it when it stores
+    (never adding a second), and deletes them all. Serves ``selinon.storages.mongodb.MongoDB`` (Selinon
+    1.4), ``selinonlib.storages.mongo.MongoStorage`` and Selinon 0.x's ``selinon.storage.mongoStorage``.
+    """
+
+    def __init__(
+        self, db_name: str, collection_name: str, host: str | None = None, port: int | str = 27017
+    ) -> None:
+        super().__init__(db_name, collection_name, host=host or "localhost", port=as_int("port", port))
+
+    def __repr__(self) -> str:
+        return "Selinon" + super().__repr__()
+
+    def _write(self, record: Record) -> str:
+        document = {
+            "flow_name": record.flow_name,
+            "node_args": node_args_data(record.node_args),
+            "task_name": record.task_name,
+            "task_id": record.task_id,
+            "result": record.result,
+        }
+        try:
+            with self._bounded(record):
+                self._collection().find_one_and_replace(
+                    {"task_id": record.task_id}, document, sort=_NEWEST_FIRST, upsert=True
+                )
+        except (bson.errors.InvalidDocument, OverflowError) as exc:
+            reason = f"Selinon's layout keeps results as BSON, which cannot hold it ({exc})"
+            raise ResultNotSerializableError(self.label, record.task_id, reason) from None
+        return record.task_id
+
+    def _read(self, task_id: str) -> Any:
+        return self._collection().find_one({"task_id": task_id}, {"_id": 0, "result": 1}, sort=_NEWEST_FIRST)
+
+    def _result_of(self, found: Any, task_id: str) -> Any:
+        return result_field(self.label, task_id, found)
+
+    def _remove(self, task_id: str) -> bool:
+        return bool(self._collection().delete_many({"task_id": task_id}).deleted_count)
+
+
+#: The newest of a task's documents first (ObjectIds grow with the time of insertion).
+_NEWEST_FIRST = [("_id", pymongo.DESCENDING)]

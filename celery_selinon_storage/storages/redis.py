@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import redis
@@ -10,6 +11,7 @@ from redis.retry import Retry
 
 from ..secrets import mask_url
 from .base import JsonStorage, Record, require_positive, require_utf8
+from .selinon_layout import as_int, result_field, selinon_json, selinon_record
 
 
 class RedisStorage(JsonStorage):
@@ -93,3 +95,47 @@ class RedisStorage(JsonStorage):
 
     def _remove(self, task_id: str) -> bool:
         return bool(self.handle().delete(self.key_prefix + task_id))
+
+
+class SelinonRedisStorage(RedisStorage):
+    """Selinon's Redis adapter on current redis-py: its options, and its data layout, so that workers still
+    on Selinon's adapter and this one share the records.
+
+    The record is Selinon's: JSON ``{node_args, flow_name, task_name, task_id, result}`` under the bare task
+    id, no expiry. Serves ``selinon.storages.redis.Redis`` (Selinon 1.4),
+    ``selinonlib.storages.redis.RedisStorage`` and Selinon 0.x's
+    ``selinon.storage.redisStorage.RedisStorage``.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str | None = None,
+        port: int | str = 6379,
+        db: int | str = 0,
+        password: str | None = None,
+        socket_timeout: float | None = None,
+        connection_pool: Any = None,
+        charset: str | None = None,
+        errors: str | None = None,
+        unix_socket_path: str | None = None,
+    ) -> None:
+        super().__init__(
+            host=host or "localhost",
+            port=as_int("port", port),
+            db=as_int("db", db),
+            password=password,
+            socket_timeout=socket_timeout,
+            charset=charset or "utf-8",
+            key_prefix="",
+        )
+
+    def __repr__(self) -> str:
+        return f"SelinonRedisStorage({self._target!r})"
+
+    def _write(self, record: Record) -> str:
+        self.handle().set(record.task_id, selinon_json(selinon_record(record)))
+        return record.task_id
+
+    def _result_of(self, found: Any, task_id: str) -> Any:
+        return result_field(self.label, task_id, json.loads(found))

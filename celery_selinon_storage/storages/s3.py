@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
@@ -14,9 +16,10 @@ import botocore.exceptions
 import botocore.handlers
 import urllib3.exceptions
 
-from ..errors import InvalidRecordError, OptionProblem
+from ..errors import InvalidRecordError, OptionProblem, ResultNotSerializableError
 from ..secrets import mask_url
 from .base import JsonStorage, Record
+from .selinon_layout import selinon_json
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -221,6 +224,68 @@ def _quiet_chatty_loggers() -> None:
         logger = logging.getLogger(name)
         if logger.level == logging.NOTSET:
             logger.setLevel(logging.INFO)
+
+
+class SelinonS3Storage(S3Storage):
+    """Selinon 1.4's S3 adapter on current boto3: its options, and its data layout, so that workers still on
+    Selinon's adapter and this one share the objects.
+
+    The object key is the bare task id. With ``serialize_json`` the body is the result as JSON (Selinon's
+    encoding); without it, the result is stored as given and must be bytes, as in Selinon. A missing bucket
+    is created in ``location`` (in us-east-1 too, which Selinon's adapter could not do). Serves
+    ``selinon.storages.s3.S3`` and selinonlib's ``S3`` (the same without ``serialize_json``).
+    """
+
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        location: str | None = None,
+        endpoint_url: str | None = None,
+        use_ssl: bool | None = None,
+        aws_access_key_id: str | None = None,
+        aws_secret_access_key: str | None = None,
+        region_name: str | None = None,
+        serialize_json: bool = False,
+    ) -> None:
+        super().__init__(
+            bucket=bucket,
+            location=location,
+            endpoint_url=endpoint_url,
+            use_ssl=True if use_ssl is None else use_ssl,
+            aws_access_key_id=aws_access_key_id,
+            aws_secret_access_key=aws_secret_access_key,
+            region_name=region_name,
+            key_prefix="",
+        )
+        self.serialize_json = serialize_json
+
+    def __repr__(self) -> str:
+        return "Selinon" + super().__repr__()[:-1] + f", serialize_json={self.serialize_json!r})"
+
+    def key(self, task_id: str) -> str:
+        return task_id  # at most 255 characters (checked before), so within S3's 1,024 bytes
+
+    def record(self, node_args: Any, flow_name: str, task_name: str, task_id: str, result: Any) -> Record:
+        if self.serialize_json:
+            checked = super().record(node_args, flow_name, task_name, task_id, result)
+            return replace(checked, data=selinon_json(result).encode("ascii"))
+        self.check_keys(task_id, flow_name, task_name)
+        if not isinstance(result, (bytes, bytearray, memoryview)):
+            raise ResultNotSerializableError(
+                self.label,
+                task_id,
+                f"it is {type(result).__name__}, and without serialize_json Selinon's S3 layout stores bytes "
+                "as given; return bytes, or set serialize_json: true (every worker of the store at once)",
+            )
+        return Record(task_id, flow_name, task_name, node_args, result, "", bytes(result))
+
+    def _write(self, record: Record) -> str:
+        self.handle().put_object(Bucket=self.bucket, Key=self.key(record.task_id), Body=record.data)
+        return record.task_id
+
+    def _result_of(self, found: Any, task_id: str) -> Any:
+        return json.loads(found) if self.serialize_json else found
 
 
 _quiet_chatty_loggers()  # at import: the prefork parent imports adapters when it checks the file

@@ -17,7 +17,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
-from ..errors import ConfigurationError, OptionProblem, ResultNotSerializableError, ResultTooLargeError
+from ..errors import (
+    ConfigurationError,
+    InvalidRecordError,
+    OptionProblem,
+    ResultNotSerializableError,
+    ResultTooLargeError,
+)
 from ..secrets import mask_url
 from .base import CHECK_NOTES, JsonStorage, Record, require_utf8, to_json
 
@@ -78,6 +84,9 @@ class SqlStorage(JsonStorage):
     byte for byte on every dialect (MySQL: a binary column).
     """
 
+    #: Who made a results table whose results are JSONB (for messages).
+    jsonb_origin = "made by version 0.1"
+
     def __init__(
         self,
         connection_string: str,
@@ -92,6 +101,10 @@ class SqlStorage(JsonStorage):
         self.table_name = table_name
         self.engine_options = dict(engine_options or {})
         self._lost_connection_errors: tuple[type[BaseException], ...] = (OSError,)
+
+    def _table(self, dialect: str, jsonb: bool = False) -> sa.Table:
+        """The results table (JSONB results: a table made by version 0.1)."""
+        return _results_table(self.table_name, dialect, jsonb)
 
     def is_transient(self, error: BaseException) -> bool:
         """A lost or refused connection, or a server that cannot take sessions now (safe to retry)."""
@@ -139,10 +152,10 @@ class SqlStorage(JsonStorage):
         if notes is not None and not sa.inspect(handle.connection).has_table(self.table_name):
             notes.append(f"table {self.table_name} does not exist (the worker creates it at start)")
             return
-        _create_table(handle.connection, _results_table(self.table_name, handle.dialect))
+        _create_table(handle.connection, self._table(handle.dialect))
         if handle.dialect == "postgresql":
             handle.legacy_jsonb = _result_column_type(handle.connection, self.table_name) == "jsonb"
-        table = _results_table(self.table_name, handle.dialect, jsonb=handle.legacy_jsonb)
+        table = self._table(handle.dialect, jsonb=handle.legacy_jsonb)
         handle.statements = _Statements.compile(table, handle.connection.dialect)
         if handle.dialect in ("mysql", "mariadb"):
             _refuse_folding_task_ids(handle.connection, self.table_name, self.label)
@@ -206,7 +219,7 @@ class SqlStorage(JsonStorage):
             raise ResultNotSerializableError(
                 self.label,
                 record.task_id,
-                f"{problem}, and table {self.table_name!r} keeps results in JSONB (made by version 0.1); "
+                f"{problem}, and table {self.table_name!r} keeps results in JSONB ({self.jsonb_origin}); "
                 f"migrate it once with: ALTER TABLE {self.table_name} ALTER COLUMN result TYPE json "
                 "USING result::text::json",
             )
@@ -228,6 +241,58 @@ class SqlStorage(JsonStorage):
         sql, arguments = session.statements.bind(name, values)
         session.cursor.execute(sql, arguments)
         return session.cursor
+
+
+class SelinonSqlStorage(SqlStorage):
+    """Selinon's PostgreSQL adapter on SQLAlchemy 2: its options, and its table, so that workers still on
+    Selinon's adapter and this one share the records.
+
+    Table ``result``: ``id`` from sequence ``result_id``, ``flow_name`` and ``task_name`` VARCHAR(128),
+    ``task_id`` VARCHAR(255) UNIQUE, ``result`` and ``node_args`` JSONB; created if absent (the database
+    must exist). Selinon inserts (storing a task id twice fails there); this adapter upserts by task id.
+    PostgreSQL only, as Selinon's. Serves ``selinon.storages.postgresql.PostgreSQL`` (Selinon 1.4),
+    selinonlib's ``SqlStorage`` and Selinon 0.x's ``selinon.storage.sqlStorage.SqlStorage``.
+    """
+
+    jsonb_origin = "Selinon's layout"
+
+    def __init__(self, connection_string: str, encoding: str = "utf-8", echo: bool = False) -> None:
+        super().__init__(connection_string, encoding, echo, table_name="result")
+        if self.url.get_backend_name() != "postgresql":
+            raise OptionProblem(
+                "connection_string",
+                "Selinon's table keeps results in JSONB, so this class serves PostgreSQL only; for another "
+                "database write classname: SqlStorage (the built-in) instead",
+            )
+
+    def __repr__(self) -> str:
+        return "Selinon" + super().__repr__()
+
+    def _table(self, dialect: str, jsonb: bool = False) -> sa.Table:
+        return sa.Table(
+            self.table_name,
+            sa.MetaData(),
+            sa.Column("id", sa.Integer, sa.Sequence("result_id"), primary_key=True),
+            sa.Column("flow_name", sa.String(_SELINON_NAME_LENGTH)),
+            sa.Column("task_name", sa.String(_SELINON_NAME_LENGTH)),
+            sa.Column("task_id", sa.String(255), unique=True),
+            sa.Column("result", postgresql.JSONB()),
+            sa.Column("node_args", postgresql.JSONB()),
+        )
+
+    def record(self, node_args: Any, flow_name: str, task_name: str, task_id: str, result: Any) -> Record:
+        checked = super().record(node_args, flow_name, task_name, task_id, result)
+        for what, name in (("flow name", flow_name), ("task name", task_name)):
+            if len(name) > _SELINON_NAME_LENGTH:
+                raise InvalidRecordError(
+                    f"storage {self.label!r} refuses {what} {name[:40]!a}...: Selinon's table holds names of "
+                    f"at most {_SELINON_NAME_LENGTH} characters; use a shorter name"
+                )
+        return checked
+
+
+#: Longest flow or task name in Selinon's table.
+_SELINON_NAME_LENGTH = 128
 
 
 @dataclass(frozen=True)
@@ -287,16 +352,21 @@ def _upsert(table: sa.Table, dialect: str) -> Any:
         insert = (postgresql if dialect == "postgresql" else sqlite).insert(table).values(values)
         updates = {column: insert.excluded[column] for column in changed}
         return insert.on_conflict_do_update(
-            index_elements=[table.c.task_id], set_={**updates, "updated_at": sa.func.now()}
+            index_elements=[table.c.task_id], set_={**updates, **_stamp(table)}
         )
     if dialect in ("mysql", "mariadb"):
         insert = mysql.insert(table).values(values)
         updates = {column: insert.inserted[column] for column in changed}
-        return insert.on_duplicate_key_update({**updates, "updated_at": sa.func.now()})
+        return insert.on_duplicate_key_update({**updates, **_stamp(table)})
     raise OptionProblem(
         "connection_string",
         f"SqlStorage has no upsert for SQL dialect {dialect!r}; use PostgreSQL, MariaDB/MySQL or SQLite",
     )
+
+
+def _stamp(table: sa.Table) -> dict[str, Any]:
+    """What an upsert sets besides the record: the time of the change, where the table keeps it."""
+    return {"updated_at": sa.func.now()} if "updated_at" in table.c else {}
 
 
 def _result_as_text(table: sa.Table, dialect: str) -> Any:

@@ -1,0 +1,1 @@
+"""Stand-in for selinon/demo-worker's ``demo_worker`` package (test data; see storages)."""

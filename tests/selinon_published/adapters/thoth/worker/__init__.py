@@ -1,0 +1,1 @@
+"""Stand-in for ``thoth.worker`` (test data; see storages.py)."""
