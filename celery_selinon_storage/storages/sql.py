@@ -524,9 +524,8 @@ def _pg8000_with_own_socket(dialect: Any, _record: Any, cargs: Any, cparams: dic
     try:
         sock = socket.create_connection((host, port), cparams.get("timeout"))
     except OSError as exc:  # as pg8000 reports it, so that SQLAlchemy wraps it as its other errors
-        raise dialect.loaded_dbapi.InterfaceError(
-            f"Can't create a connection to host {host} and port {port}"
-        ) from exc
+        message = f"Can't create a connection to host {host} and port {port} ({exc.strerror or exc})"
+        raise dialect.loaded_dbapi.InterfaceError(message) from exc
     try:
         return dialect.loaded_dbapi.Connection(*cargs, **{**cparams, "sock": sock})
     except BaseException:
