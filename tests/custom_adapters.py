@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -167,3 +168,21 @@ class ForwardingSqlStorage(SqlStorage):
         )
         record = {"result": result, "held": [began, time.monotonic()]}
         return super().store(node_args, flow_name, task_name, task_id, record)
+
+
+class TracingSqlStorage(SqlStorage):
+    """A real SqlStorage that is also a Selinon trace destination (``global: trace: - storage: {name,
+    method: trace}``): each event is stored as a record of flow ``trace``, task name the event's name. Like any
+    adapter it can store only once connected, so a trace call that reaches a never-connected instance
+    (Selinon's own) fails."""
+
+    def trace(self, event: int, details: dict[str, Any]) -> None:
+        from selinon.trace import Trace
+
+        record = {
+            "event": Trace.event2str(event),
+            "flow_name": details.get("flow_name"),
+            "task_name": details.get("task_name"),
+            "pid": os.getpid(),
+        }
+        self.store(None, "trace", record["event"], uuid.uuid4().hex, record)
