@@ -180,6 +180,15 @@ class CallGuard:
         return self.holder == task or task in self.borrowers
 
 
+class _WantsNothing:
+    """What a parked task waits for once it only waits for its borrowed guards to come back."""
+
+    def top(self) -> Any:
+        return None
+
+
+_WANTS_NOTHING: Any = _WantsNothing()
+
 #: First and longest wait between two looks at the wait-for graph, for a nested waiter (seconds).
 _FIRST_POLL = 0.0005
 _LAST_POLL = 0.01
@@ -193,7 +202,7 @@ class _World:
         # Held only for bookkeeping, never across a wait or a switch: a plain lock serves green tasks too.
         self._mutex = threading.Lock()
         #: Nested waiters (task -> the guard it waits for). A task in here runs no adapter code.
-        self._waiting: dict[Any, CallGuard] = {}
+        self._waiting: dict[Any, CallGuard | _WantsNothing] = {}
         green = kind is not GuardKind.THREAD
         if green:
             import greenlet
@@ -222,13 +231,11 @@ class _World:
 
     def _acquire_nested(self, guard: CallGuard, me: Any, deadline: float | None) -> bool:
         delay = _FIRST_POLL
-        done = False
         try:
             while True:
                 with self._mutex:
                     runnable = self._may_run(me)
                     if runnable and self._take(guard, me):
-                        done = True
                         self._waiting.pop(me, None)
                         return True
                     if runnable and deadline is not None and time.monotonic() >= deadline:
@@ -243,12 +250,29 @@ class _World:
                 if not wait_on_lock:
                     self._sleep(delay)
                 delay = min(2 * delay, _LAST_POLL)
-        finally:
+        except BaseException:
+            # Interrupted while parked (a time limit, a killed greenlet): the task unwinds through its
+            # adapters' code, so it may do so only once what was borrowed from it is back.
+            self._wait_until_runnable(me)
             with self._mutex:
-                self._waiting.pop(me, None)
-                if not done and guard.holder == me:  # interrupted (a time limit) after taking the lock
+                if guard.holder == me:  # taken in an earlier turn: not the caller's
                     guard.holder, guard.depth = None, 0
                     guard._lock.release()
+            raise
+
+    def _wait_until_runnable(self, me: Any) -> None:
+        """Park ``me`` until nothing it uses is borrowed; it no longer wants a guard, and further
+        interruptions of the wait are held back (the first one is being raised)."""
+        delay = _FIRST_POLL
+        while True:
+            with self._mutex:
+                if self._may_run(me):
+                    self._waiting.pop(me, None)
+                    return
+                self._waiting[me] = _WANTS_NOTHING
+            with contextlib.suppress(BaseException):
+                self._sleep(delay)
+            delay = min(2 * delay, _LAST_POLL)
 
     def _take(self, guard: CallGuard, me: Any) -> bool:
         """Under the mutex, for a task that may run: take ``guard`` if that needs no wait."""

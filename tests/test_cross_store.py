@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -266,3 +267,44 @@ def test_a_threads_worker_completes_tasks_storing_across_two_storages(
     assert any(
         max(a[1], b[1]) + PAUSE <= min(a[2], b[2]) for a in spans if a[0] == "A" for b in spans if b[0] == "B"
     ), spans
+
+
+class Interrupted(Exception):
+    """Raised by a signal handler in the main thread, as Celery's soft time limit is under prefork."""
+
+
+def test_a_task_interrupted_while_parked_unwinds_only_once_its_storage_is_given_back() -> None:
+    """The main thread (task 1) holds A and waits for B; task 2 holds B and borrows A. A time limit strikes
+    task 1 while task 2 runs in A: task 1 must not unwind through A's adapter code before task 2 is out of A."""
+    a, b = CallGuard(GuardKind.THREAD), CallGuard(GuardKind.THREAD)
+    times: dict[str, float] = {}
+
+    def task2() -> None:
+        with b:
+            time.sleep(0.1)  # task 1 waits for B meanwhile, holding A
+            assert a.acquire(timeout=5)
+            times["task 2 in A"] = time.monotonic()
+            time.sleep(0.4)
+            times["task 2 out of A"] = time.monotonic()
+            a.release()
+
+    def time_limit(*_: object) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, time_limit)
+    a.acquire()
+    other = threading.Thread(target=task2)
+    other.start()
+    try:
+        time.sleep(0.05)
+        signal.setitimer(signal.ITIMER_REAL, 0.3)  # strikes while task 2 is in A
+        with pytest.raises(Interrupted):
+            b.acquire(timeout=5)
+        times["task 1 unwinds"] = time.monotonic()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        a.release()
+        other.join()
+    assert times["task 2 in A"] < times["task 2 out of A"] <= times["task 1 unwinds"], times
+    assert a.holder is None and b.holder is None and not a.borrowers
