@@ -35,7 +35,8 @@ class GuardKind(enum.Enum):
     #: An adapter that declares itself safe for concurrent use (``concurrency_safe``): no lock at all.
     NONE = "none"
     #: Tasks in OS threads (threads pool), and prefork and solo, where a task may start threads of
-    #: its own: a ``threading.RLock`` (uncontended, it costs well under a microsecond).
+    #: its own: a thread lock (``CallGuard`` around a ``threading.Lock``; uncontended, well under a
+    #: microsecond).
     THREAD = "thread"
     #: Tasks in eventlet greenthreads: a lock that yields to the hub instead of blocking it.
     EVENTLET = "eventlet"
@@ -89,7 +90,7 @@ class _NoGuard(contextlib.nullcontext[None]):
 
 
 def make_guard(kind: GuardKind) -> Guard:
-    """A new lock of ``kind``."""
+    """A new plain lock of ``kind`` (around connect and disconnect; calls take ``make_call_guard``)."""
     if kind is GuardKind.NONE:
         return _NoGuard()
     if kind is GuardKind.THREAD:
@@ -114,9 +115,10 @@ class CallGuard:
     two tasks doing so in opposite directions each hold one lock and wait for the other's for ever. Here:
 
     - a task may take a guard it holds again (nested calls into the same storage);
-    - a task that already uses a guard and must wait for another is a *nested waiter*. When every task
-      between it and the guard it wants is itself waiting for it, waiting would never end: it **borrows**
-      the guard instead, and uses the storage while the holder stays parked where it called out;
+    - a task that already uses a guard and must wait for another is a *nested waiter*. When the task that
+      runs in the guard it wants is itself waiting for it, directly or through other parked tasks (the
+      process's wait-for graph), waiting would never end: it **borrows** the guard instead, and uses the
+      storage while the holder stays parked where it called out;
     - a parked task does not move on (nor give up on its timeout) until what was borrowed from it is
       back, so at any moment at most one task runs inside each storage.
 
