@@ -236,17 +236,23 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
         """Set on the managed storage its own attributes; any other name on the adapter, under the guard."""
         if name in self._OWN_ATTRIBUTES or hasattr(type(self), name) or "adapter" not in self.__dict__:
             object.__setattr__(self, name, value)
-        else:
-            with self._holding():
+            return
+        self._methods.pop(name, None)  # looked up afresh: the name may no longer be a method
+        with self._holding():
+            if isinstance(value, AdapterMethod) and value.storage is self and value.name == name:
+                # what reading the name gave back (a test's monkeypatch undoing itself): the adapter's own
+                vars(self.adapter).pop(name, None)
+            else:
                 setattr(self.adapter, name, value)
 
     def __delattr__(self, name: str) -> None:
         """Like ``__setattr__``: delete on the adapter what is not the managed storage's own."""
         if name in self._OWN_ATTRIBUTES or hasattr(type(self), name):
             object.__delattr__(self, name)
-        else:
-            with self._holding():
-                delattr(self.adapter, name)
+            return
+        self._methods.pop(name, None)
+        with self._holding():
+            delattr(self.adapter, name)
 
     def __dir__(self) -> list[str]:
         adapter = self.__dict__.get("adapter")
@@ -486,17 +492,17 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
 class AdapterMethod:
     """An adapter's own method reached through its managed storage: each call runs under the guard."""
 
-    __slots__ = ("__name__", "_name", "_operation", "_storage")
+    __slots__ = ("__name__", "name", "operation", "storage")
 
     def __init__(self, storage: ManagedStorage, name: str, operation: str) -> None:
-        self._storage, self._name, self._operation = storage, name, operation
+        self.storage, self.name, self.operation = storage, name, operation
         self.__name__ = name
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._storage.call_adapter(self._operation, self._name, args, kwargs)
+        return self.storage.call_adapter(self.operation, self.name, args, kwargs)
 
     def __repr__(self) -> str:
-        return f"<method {self._name} of {self._storage!r}>"
+        return f"<method {self.name} of {self.storage!r}>"
 
 
 def _counted_by_name(adapter: DataStorage, name: str) -> bool:

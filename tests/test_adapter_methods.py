@@ -263,3 +263,14 @@ def test_the_report_lists_the_methods_called(storages: None) -> None:
 def test_dir_lists_the_adapters_attributes(storages: None) -> None:
     names = dir(get_storage("ProjectInfoStore"))
     assert {"retrieve_project_info", "ceph", "bucket_name", "store", "retry"} <= set(names)
+
+
+def test_a_method_monkeypatched_through_the_storage_is_put_back(
+    storages: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = get_storage("ProjectInfoStore")
+    with monkeypatch.context() as patch:
+        patch.setattr(storage, "retrieve_project_info", lambda name: f"patched {name}")
+        assert storage.retrieve_project_info("selinon") == "patched selinon"
+    assert "retrieve_project_info" not in vars(storage.adapter)
+    assert storage.retrieve_project_info("selinon") == {"version": "1.4.0"}
