@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
+import threading
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+import types
+from collections.abc import Callable, Generator
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 from celery.utils.log import get_logger
 from selinon import DataStorage
@@ -20,7 +24,7 @@ from .errors import (
     StorageUnavailableError,
     WrongProcessError,
 )
-from .guards import Guard, GuardKind, make_guard
+from .guards import Guard, GuardKind, make_call_guard, make_guard
 from .retry import DEFAULT_RETRY, RetriesExhausted, RetryPolicy
 from .secrets import public_target
 from .storages.base import JsonStorage
@@ -29,8 +33,13 @@ T = TypeVar("T")
 
 logger = get_logger("celery_selinon_storage")
 
-#: Operations that are counted (``inspect storages`` and the shutdown summary report them).
+#: Operations that are counted (``inspect storages`` and the shutdown summary report them). An adapter's
+#: own methods are counted too, each under its name (see ``ManagedStorage.__getattr__``).
 OPERATIONS = ("store", "retrieve", "delete", "store_error")
+
+#: The operation that counts calls of adapter methods not defined on its class (made up by ``__getattr__``)
+#: or private ones: their names are not a bounded set.
+OTHER_OPERATION = "other"
 
 
 def is_concurrency_safe(adapter: DataStorage) -> bool:
@@ -67,7 +76,29 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
 
     Connecting happens once (at start or, if the server was down then, on first use); calls after
     ``close`` or from another process are refused. Hashable by identity, as Selinon needs.
+
+    It also stands for the adapter in task code written for Selinon: the adapter's own methods and
+    attributes are reached through it (``__getattr__``), and ``isinstance(storage, AdapterClass)`` holds
+    (``__class__``). docs/selinon-adapters.md says how and what that costs.
     """
+
+    #: Attributes of the managed storage itself; setting any other name sets it on the adapter.
+    _OWN_ATTRIBUTES: ClassVar[frozenset[str]] = frozenset(
+        {
+            "name",
+            "adapter",
+            "retry",
+            "concurrency_safe",
+            "guard_kind",
+            "pid",
+            "stats",
+            "_call_guard",
+            "_lifecycle_guard",
+            "_closed",
+            "_methods",
+            "_stats_lock",
+        }
+    )
 
     def __init__(
         self, name: str, adapter: DataStorage, guard_kind: GuardKind, retry: RetryPolicy = DEFAULT_RETRY
@@ -81,7 +112,7 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
         self.guard_kind = GuardKind.NONE if self.concurrency_safe else guard_kind
         # Connections must not cross a fork: remember the creating process and refuse others.
         self.pid = os.getpid()
-        self._call_guard: Guard = make_guard(self.guard_kind)
+        self._call_guard: Guard = make_call_guard(self.guard_kind)
         # connect/disconnect are serialised even for concurrency-safe adapters, and even where tasks
         # never overlap: start-up connects from a helper thread (see ProcessStorages.connect_all).
         self._lifecycle_guard: Guard = make_guard(
@@ -89,6 +120,8 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
         )
         self._closed = False
         self.stats = {operation: OperationStats() for operation in OPERATIONS}
+        self._stats_lock = threading.Lock()  # adds an adapter method's stats (never held across a switch)
+        self._methods: dict[str, AdapterMethod] = {}
 
     def __repr__(self) -> str:
         return (
@@ -170,6 +203,186 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
         return self._call(
             "store_error", self.adapter.store_error, node_args, flow_name, task_name, task_id, exc_info
         )
+
+    # -- the adapter's own methods and attributes --------------------------------------------
+    # Reached only when normal look-up fails: store, retrieve and the rest never pass through here.
+
+    def __getattr__(self, name: str) -> Any:
+        """The adapter's method (called under the guard) or attribute (read under the guard)."""
+        adapter = self.__dict__.get("adapter")
+        if adapter is None or name.startswith("__"):
+            raise AttributeError(name)
+        method = self._methods.get(name)
+        if method is not None:
+            return method
+        try:
+            found = inspect.getattr_static(adapter, name)
+        except AttributeError:
+            if not hasattr(type(adapter), "__getattr__"):
+                raise AttributeError(
+                    f"storage {self.name!r} ({type(adapter).__name__}) has no attribute {name!r}"
+                ) from None
+            found = None  # the adapter makes it up: read it as the adapter answers
+        if isinstance(found, (staticmethod, classmethod)) or inspect.isfunction(found):
+            method = AdapterMethod(self, name, name if _counted_by_name(adapter, name) else OTHER_OPERATION)
+            self._methods[name] = method
+            return method
+        value = self._read_attribute(name)
+        if inspect.ismethod(value) and value.__self__ is adapter:  # a method the adapter made up
+            return AdapterMethod(self, name, OTHER_OPERATION)
+        return value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Set on the managed storage its own attributes; any other name on the adapter, under the guard."""
+        if name in self._OWN_ATTRIBUTES or hasattr(type(self), name) or "adapter" not in self.__dict__:
+            object.__setattr__(self, name, value)
+            return
+        self._methods.pop(name, None)  # looked up afresh: the name may no longer be a method
+        with self._holding():
+            if isinstance(value, AdapterMethod) and value.storage is self and value.name == name:
+                # what reading the name gave back (a test's monkeypatch undoing itself): the adapter's own
+                vars(self.adapter).pop(name, None)
+            else:
+                setattr(self.adapter, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        """Like ``__setattr__``: delete on the adapter what is not the managed storage's own."""
+        if name in self._OWN_ATTRIBUTES or hasattr(type(self), name):
+            object.__delattr__(self, name)
+            return
+        self._methods.pop(name, None)
+        with self._holding():
+            delattr(self.adapter, name)
+
+    def __dir__(self) -> list[str]:
+        adapter = self.__dict__.get("adapter")
+        names = set(super().__dir__())
+        if adapter is not None:
+            names.update(name for name in dir(adapter) if not name.startswith("__"))
+        return sorted(names)
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        """The adapter's class: ``isinstance(storage, AdapterClass)`` holds, as it did under Selinon.
+
+        ``type(storage)`` is still ``ManagedStorage``, and so is ``isinstance(storage, ManagedStorage)``.
+        """
+        adapter = self.__dict__.get("adapter")
+        return type(self) if adapter is None else type(adapter)
+
+    def __reduce_ex__(self, protocol: Any) -> NoReturn:
+        raise TypeError(
+            f"storage {self.name!r} cannot be copied or pickled: it is a live connection of process "
+            f"{self.pid}; pass its name and call get_storage() where it is used"
+        )
+
+    def call_adapter(self, operation: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Call the adapter's method ``name`` once, under the guard, counted as ``operation``.
+
+        Not retried (the wrapper cannot know whether the method may run twice): the adapter's own errors
+        reach the caller as they are. A generator it returns runs each step under the guard too.
+        """
+        self._check_usable()
+        stats = self._stats_for(operation)
+        started = time.perf_counter()
+        try:
+            result = self._attempt_once(functools.partial(getattr(self.adapter, name), *args, **kwargs))
+        except StorageBusyError as busy:
+            stats.errors += 1
+            stats.timeouts += 1
+            raise StorageUnavailableError(
+                f"storage {self.name!r} is unavailable ({busy}); {name}() did not start, "
+                "so the call is safe to retry"
+            ) from busy
+        except BaseException:
+            stats.errors += 1
+            raise
+        finally:
+            stats.calls += 1
+            stats.seconds += time.perf_counter() - started
+            metrics.record_call(self.name, operation, stats, time.perf_counter() - started)
+        if inspect.isgenerator(result):
+            return self._guarded_steps(result)
+        return result
+
+    def _attempt_once(self, call: Callable[[], T]) -> T:
+        """``call()`` of an adapter method, under the guard, connecting first if need be.
+
+        The connection is dropped only after a failure that may have struck mid-exchange: an interruption
+        (a time limit, a killed greenlet) or an error the adapter calls transient. Any other error is the
+        adapter's answer (a missing row, a refused value), and its connection stays.
+        """
+        if not self._call_guard.acquire(timeout=self.retry.try_timeout):
+            raise StorageBusyError(
+                f"storage {self.name!r} stayed busy for {self.retry.try_timeout:g} s (another call holds it)"
+            )
+        try:
+            if not self.adapter.is_connected():
+                self.connect()
+            return call()
+        except (StorageError, StorageBusyError):
+            raise  # this storage's refusal, or another storage's, reached from inside the call
+        except Exception as error:
+            if self._is_transient(error):
+                self._drop_connection()
+            raise
+        except BaseException:
+            self._drop_connection()
+            raise
+        finally:
+            self._call_guard.release()
+
+    def _read_attribute(self, name: str) -> Any:
+        self._check_usable()
+        with self._holding():
+            if not self.adapter.is_connected():
+                self.connect()  # as Selinon's get_connected_storage did before handing the adapter out
+            return getattr(self.adapter, name)
+
+    @contextlib.contextmanager
+    def _holding(self) -> Generator[None]:
+        """Under the call guard, in this process, or ``StorageUnavailableError`` after a try's wait."""
+        self._check_usable()
+        if not self._call_guard.acquire(timeout=self.retry.try_timeout):
+            raise StorageUnavailableError(
+                f"storage {self.name!r} stayed busy for {self.retry.try_timeout:g} s "
+                "(another call holds it); safe to retry"
+            )
+        try:
+            yield
+        finally:
+            self._call_guard.release()
+
+    def _guarded_steps(self, steps: types.GeneratorType[Any, Any, Any]) -> Generator[Any, Any, Any]:
+        """``steps``, each advanced under the guard (an adapter's generator uses its connection lazily)."""
+        sent = None
+        try:
+            while True:
+                self._check_usable()
+                try:
+                    item = self._attempt_once(functools.partial(steps.send, sent))
+                except StopIteration as stop:
+                    return stop.value
+                except StorageBusyError as busy:
+                    raise StorageUnavailableError(
+                        f"storage {self.name!r} is unavailable ({busy}) for the next step of a generator"
+                    ) from busy
+                sent = yield item
+        finally:
+            if steps.gi_frame is not None:  # left before the end: let it clean up, under the guard
+                with self._call_guard:
+                    steps.close()
+
+    def _stats_for(self, operation: str) -> OperationStats:
+        stats = self.stats.get(operation)
+        if stats is None:
+            with self._stats_lock:
+                stats = self.stats.get(operation)
+                if stats is None:
+                    stats = OperationStats()
+                    # a new dict: a report iterating the old one is not disturbed
+                    self.stats = {**self.stats, operation: stats}
+        return stats
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -274,6 +487,28 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
             return
         with self._lifecycle_guard, contextlib.suppress(Exception):
             self.adapter.disconnect()
+
+
+class AdapterMethod:
+    """An adapter's own method reached through its managed storage: each call runs under the guard."""
+
+    __slots__ = ("__name__", "name", "operation", "storage")
+
+    def __init__(self, storage: ManagedStorage, name: str, operation: str) -> None:
+        self.storage, self.name, self.operation = storage, name, operation
+        self.__name__ = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.storage.call_adapter(self.operation, self.name, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<method {self.name} of {self.storage!r}>"
+
+
+def _counted_by_name(adapter: DataStorage, name: str) -> bool:
+    """Whether calls of the adapter's method ``name`` get counts of their own: a public method its class
+    defines (a bounded set of names, fixed by the code)."""
+    return not name.startswith("_") and any(name in vars(cls) for cls in type(adapter).__mro__)
 
 
 class StorageBusyError(TimeoutError):
