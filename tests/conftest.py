@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,12 +15,6 @@ from tests.services import MARIADB_URL, MONGO_URI, POSTGRES_URL, REDIS_URL, S3_E
 from tests.workers import WorkerProcess
 
 hypothesis_profiles.load()  # before any test module builds its settings
-
-
-#: Reproducers of issues still open (#12 published Selinon deployments):
-#: red until those issues land, so not part of the suite. Run them with CSS_OPEN_ISSUES=1.
-OPEN_ISSUE_REPRODUCERS = ["test_selinon_published.py"]
-collect_ignore = [] if os.environ.get("CSS_OPEN_ISSUES") else OPEN_ISSUE_REPRODUCERS
 
 
 @pytest.fixture

@@ -107,7 +107,10 @@ def test_check_without_connecting_accepts_the_file(
     status = main(["check", str(published), "--no-connect"])
     out, err = capsys.readouterr()
     assert status == 0, err
-    assert [line.split(":")[0] for line in out.splitlines()] == storage_names(published)
+    header, *rows = out.splitlines()
+    assert header.split() == ["NAME", "TARGET", "TIME", "CONNECT"]
+    assert [row.split()[0] for row in rows] == storage_names(published)
+    assert all(row.endswith("not tried") for row in rows)
 
 
 def test_check_connects_to_every_storage(published: Path, capsys: pytest.CaptureFixture[str]) -> None:
