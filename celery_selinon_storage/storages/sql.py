@@ -19,15 +19,16 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from ..errors import ConfigurationError, OptionProblem, ResultNotSerializableError, ResultTooLargeError
 from ..secrets import mask_url
+from . import pg_drivers
 from .base import JsonStorage, Record, require_utf8, to_json
 
 #: SQLAlchemy 2 no longer accepts the ``postgres://`` scheme that Selinon's docs write.
 _SCHEME_ALIASES = {"postgres": "postgresql"}
 
-#: Driver used when the URL names none. Pure-Python drivers: their sockets are made green by
-#: eventlet's and gevent's monkey-patching, so a query never blocks the hub (psycopg's C wait
-#: only knows gevent; mysqlclient knows neither).
-DEFAULT_DRIVERS = {"postgresql": "pg8000", "mysql": "pymysql", "mariadb": "pymysql"}
+#: Driver used when the URL names none. MySQL/MariaDB: PyMySQL, pure Python, whose sockets eventlet's
+#: and gevent's monkey-patching make green (mysqlclient's C waits know neither). PostgreSQL: chosen when
+#: the storage connects, psycopg unless eventlet's monkey-patching is active (see ``pg_drivers``).
+DEFAULT_DRIVERS = {"mysql": "pymysql", "mariadb": "pymysql"}
 
 _COLUMNS = ("task_id", "flow_name", "task_name", "node_args", "result")
 
@@ -87,7 +88,9 @@ class SqlStorage(JsonStorage):
         engine_options: dict[str, Any] | None = None,
     ) -> None:
         require_utf8("encoding", encoding)
+        #: the URL with the driver in use: the open connection's, else the one a connect would choose now
         self.url = _database_url(connection_string)
+        self._driver_named = "+" in sa.engine.make_url(connection_string).drivername
         self.echo = echo
         self.table_name = table_name
         self.engine_options = dict(engine_options or {})
@@ -114,16 +117,42 @@ class SqlStorage(JsonStorage):
         target = mask_url(self.url.render_as_string(hide_password=False))
         return f"SqlStorage({target!r}, table_name={self.table_name!r})"
 
+    @property
+    def driver(self) -> str:
+        """The DBAPI driver, as SQLAlchemy names it (``psycopg``, ``pg8000``, ``pymysql``, ``pysqlite``):
+        the open connection's, else the one a connect would use now."""
+        if self._handle is not None:
+            return str(self._handle.engine.dialect.driver)
+        return str(self._url_now().get_driver_name())
+
     # -- connection --------------------------------------------------------------------------
 
+    def _url_now(self) -> Any:
+        """The URL to connect with now: a PostgreSQL URL that names no driver gets the runtime's."""
+        if self._driver_named or self.url.get_backend_name() != "postgresql":
+            return self.url
+        return self.url.set(drivername=f"postgresql+{pg_drivers.default_driver()}")
+
     def _open(self) -> _Session:
+        self.url = url = self._url_now()
+        driver = url.get_driver_name()
         options = {"poolclass": sa.pool.NullPool, **self.engine_options}  # the connection is held, not pooled
-        options = _with_driver_timeouts(self.url, options, self.wait_timeout)
-        engine = sa.create_engine(self.url, echo=self.echo, **options)
+        options = _with_driver_timeouts(url, options, self.wait_timeout)
+        libpq = pg_drivers.Pg8000Options()
+        if driver == pg_drivers.PG8000:
+            try:
+                libpq = pg_drivers.pg8000_options(url.query)
+            except OptionProblem as problem:  # a URL option that only psycopg takes, under eventlet
+                raise ConfigurationError(str(problem), storage=self.label, option=problem.option) from None
+            url = url.difference_update_query(libpq.handled)
+        pg_drivers.warn_if_blocking(driver, self.label)
+        engine = sa.create_engine(url, echo=self.echo, **options)
         if engine.dialect.name == "sqlite":
             sa.event.listen(engine, "connect", _sqlite_pragmas)
-        if engine.dialect.driver == "pg8000":
-            sa.event.listen(engine, "do_connect", _pg8000_with_own_socket)
+        elif driver == pg_drivers.PG8000:
+            sa.event.listen(engine, "do_connect", _pg8000_connector(libpq))
+        elif driver == pg_drivers.PSYCOPG:
+            sa.event.listen(engine, "do_connect", _psycopg_connector(self.wait_timeout))
         try:
             connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         except BaseException:
@@ -301,7 +330,7 @@ def _result_as_text(table: sa.Table, dialect: str) -> Any:
 
 
 def _database_url(connection_string: str) -> Any:
-    """The URL with its default driver filled in; its driver must be importable."""
+    """The URL with its default driver filled in; its driver must be importable and take its options."""
     try:
         url = sa.engine.make_url(connection_string)
     except sa.exc.ArgumentError:
@@ -309,8 +338,15 @@ def _database_url(connection_string: str) -> Any:
             "connection_string", "is not a database URL; write dialect[+driver]://user:password@host/database"
         ) from None
     dialect = _SCHEME_ALIASES.get(url.get_backend_name(), url.get_backend_name())
-    driver = url.get_driver_name() if "+" in url.drivername else DEFAULT_DRIVERS.get(dialect)
+    if "+" in url.drivername:
+        driver: str | None = url.get_driver_name()
+    elif dialect == "postgresql":
+        driver = pg_drivers.default_driver()
+    else:
+        driver = DEFAULT_DRIVERS.get(dialect)
     url = url.set(drivername=f"{dialect}+{driver}" if driver else dialect)
+    if driver == pg_drivers.PG8000:
+        pg_drivers.pg8000_options(url.query)  # refuses a libpq option it cannot honour, now
     try:
         url.get_dialect().import_dbapi()
     except sa.exc.NoSuchModuleError:
@@ -410,7 +446,8 @@ def _refuse_folding_task_ids(connection: Any, table: str, storage: str) -> None:
 
 def _driver_socket(driver_connection: Any) -> socket.socket | None:
     """The TCP socket of a pure-Python driver's connection (pg8000: ``_usock``, PyMySQL: ``_sock``);
-    None for the others (psycopg and sqlite3 close theirs in C)."""
+    None for the others. psycopg's ``close`` finishes libpq's connection, which closes its socket
+    whatever still refers to the Python object (a traceback, say); sqlite3 has no socket."""
     for attribute in ("_usock", "_sock"):
         candidate = getattr(driver_connection, attribute, None)
         if isinstance(candidate, socket.socket):
@@ -437,28 +474,32 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _pg8000_with_own_socket(dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
-    """Connect pg8000 over a TCP socket made here, and closed here if the connection fails.
+def _pg8000_connector(libpq: pg_drivers.Pg8000Options) -> Any:
+    """SQLAlchemy's ``do_connect`` hook for pg8000: an own socket, and libpq's URL options honoured."""
 
-    When the server accepts but does not answer, pg8000's start-up times out and leaves its socket
-    to the garbage collector: the server keeps a half-open session until the collector runs.
-    """
-    host = cparams.get("host", "localhost")
-    if cparams.get("unix_sock") or cparams.get("sock") or str(host).startswith("/"):
-        return None  # pg8000 connects as usual
-    sock = socket.create_connection((host, cparams.get("port", 5432)), cparams.get("timeout"))
-    try:
-        return dialect.loaded_dbapi.Connection(*cargs, **{**cparams, "sock": sock})
-    except BaseException:
-        sock.close()
-        raise
+    def connect(dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        return pg_drivers.connect_pg8000(dialect.loaded_dbapi, cargs, cparams, libpq)
+
+    return connect
+
+
+def _psycopg_connector(seconds: float) -> Any:
+    """SQLAlchemy's ``do_connect`` hook for psycopg: a connection whose every wait ends within ``seconds``."""
+    from . import psycopg_deadlines
+
+    connection_class = psycopg_deadlines.connection_class(seconds)
+
+    def connect(_dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        return connection_class.connect(*cargs, **cparams)
+
+    return connect
 
 
 #: Each driver's own timeouts, as connect arguments, for waits of ``seconds`` each.
 _DRIVER_TIMEOUTS: dict[str, Any] = {
     # every socket operation, the connect included
     "pg8000": lambda seconds: {"timeout": seconds},
-    # libpq counts whole seconds, and at least 2
+    # libpq counts whole seconds, and at least 2: the connection class bounds every wait to the 0.1 s
     "psycopg": lambda seconds: {"connect_timeout": max(2, math.ceil(seconds))},
     # the TCP connect, then every read (the handshake included) and write
     "pymysql": lambda seconds: {

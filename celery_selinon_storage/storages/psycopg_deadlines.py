@@ -1,0 +1,70 @@
+"""psycopg 3 connections whose every wait for the server ends by a deadline.
+
+psycopg runs each exchange with the server (the connect, a query) as a generator that says what it waits
+for, driven by a wait loop that polls the socket and wakes at least every 0.1 s. psycopg has no read
+timeout, and libpq's ``connect_timeout`` counts whole seconds, at least 2. The connection class below
+puts the storage's own bound on each exchange: when a wake-up finds it passed, the exchange ends with
+``ServerWaitTimeout`` (an ``OperationalError``) and the connection is closed, its state mid-exchange
+being unknown. Closing finishes libpq's connection, which closes its socket whoever still refers to it.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Generator
+from typing import Any, ClassVar, TypeVar, cast
+
+import psycopg
+
+T = TypeVar("T")
+
+
+class ServerWaitTimeout(psycopg.OperationalError):
+    """The server did not answer within a wait's share of the storage's timeout; the connection is closed."""
+
+
+class DeadlineConnection(psycopg.Connection[Any]):
+    """A psycopg connection whose connect and each exchange end within ``wait_seconds``."""
+
+    #: set on the subclass made for each bound (``connection_class``)
+    wait_seconds: ClassVar[float] = 10.0
+
+    @classmethod
+    def _connect_gen(cls, conninfo: str = "", *args: Any, **kwargs: Any) -> Any:
+        return _until(super()._connect_gen(conninfo, *args, **kwargs), cls.wait_seconds, "connect")
+
+    def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run one exchange, as psycopg does, within ``wait_seconds``."""
+        try:
+            return super().wait(_until(gen, self.wait_seconds, "answer"), *args, **kwargs)
+        except ServerWaitTimeout:
+            self.close()
+            raise
+
+
+@functools.cache
+def connection_class(seconds: float) -> type[DeadlineConnection]:
+    """The connection class whose waits each end within ``seconds`` (one class per bound, made once)."""
+    made = type(f"DeadlineConnection_{seconds:g}s", (DeadlineConnection,), {"wait_seconds": seconds})
+    return cast(type[DeadlineConnection], made)
+
+
+def _until(gen: Generator[Any, Any, T], seconds: float, what: str) -> Generator[Any, Any, T]:
+    """``gen``, driven through, ended with ``ServerWaitTimeout`` once ``seconds`` have passed.
+
+    The wait loop resumes the generator when the socket is ready or every 0.1 s; each resumption past the
+    deadline ends it (and closes ``gen``, so that a connection being made is let go at once).
+    """
+    deadline = time.monotonic() + seconds
+    try:
+        state = next(gen)
+        while True:
+            ready = yield state
+            state = gen.send(ready)
+            if time.monotonic() >= deadline:
+                gen.close()
+                raise ServerWaitTimeout(f"no {what} from the server within {seconds:g} s")
+    except StopIteration as done:
+        result: T = done.value
+        return result
