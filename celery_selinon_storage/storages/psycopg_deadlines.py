@@ -32,7 +32,8 @@ class DeadlineConnection(psycopg.Connection[Any]):
 
     @classmethod
     def _connect_gen(cls, conninfo: str = "", *args: Any, **kwargs: Any) -> Any:
-        return _until(super()._connect_gen(conninfo, *args, **kwargs), cls.wait_seconds, "connect")
+        connecting = super()._connect_gen(conninfo, *args, **kwargs)
+        return _until(connecting, cls.wait_seconds, "complete the connection")
 
     def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
         """Run one exchange, as psycopg does, within ``wait_seconds``."""
@@ -64,7 +65,7 @@ def _until(gen: Generator[Any, Any, T], seconds: float, what: str) -> Generator[
             state = gen.send(ready)
             if time.monotonic() >= deadline:
                 gen.close()
-                raise ServerWaitTimeout(f"no {what} from the server within {seconds:g} s")
+                raise ServerWaitTimeout(f"the server did not {what} within {seconds:g} s")
     except StopIteration as done:
         result: T = done.value
         return result
