@@ -299,3 +299,53 @@ def _negotiate_tls(sock: socket.socket, plan: TlsPlan | None, host: str, dbapi: 
     if answer == b"N":
         raise dbapi.InterfaceError(f"the server does not offer TLS, and sslmode={plan.mode} requires it")
     raise dbapi.InterfaceError(f"the server answered the TLS request with {answer!r}")
+
+
+# -- connection poolers -------------------------------------------------------------------------------
+
+
+def behind_pooler(driver: str, connection: Any) -> bool:
+    """Whether a connection pooler (PgBouncer, ...) stands between the connection and PostgreSQL.
+
+    PostgreSQL announces its server process's id when a connection starts (BackendKeyData); a pooler
+    announces an id of its own, since it may hand the client's statements to any of its server sessions.
+    Asked with one statement in one exchange, which any pooler keeps on one session.
+    """
+    if driver == PG8000:
+        key = connection._backend_key_data  # the process id, then the cancel secret
+        announced = int.from_bytes(key[:4], "big", signed=True) if key else None
+        rows = connection.execute_simple("SELECT pg_backend_pid()").rows
+    else:
+        announced = connection.info.backend_pid
+        connection.autocommit = True  # the statement alone, no BEGIN before it
+        try:
+            rows = connection.execute("SELECT pg_backend_pid()").fetchall()
+        finally:
+            connection.autocommit = False
+    return not rows or rows[0][0] != announced
+
+
+def keep_to_one_session(driver: str, connection: Any, storage: str, connect_args: Mapping[str, Any]) -> None:
+    """Behind a pooler, keep each exchange's messages on one server session (said once per storage).
+
+    A pooler in transaction mode hands each transaction, and outside one each exchange, to any of its
+    sessions: a statement prepared on one session may be run by name on another, where another client
+    prepared another statement under that name (rows land in another storage's table, silently).
+    """
+    if driver == PSYCOPG and "prepare_threshold" in connect_args:
+        what = "psycopg prepares statements as its connect_args' prepare_threshold says"
+    elif driver == PSYCOPG:
+        connection.prepare_threshold = None
+        what = (
+            "psycopg prepares no statements (set connect_args' prepare_threshold when the pooler tracks "
+            "them, PgBouncer 1.22 or later with max_prepared_statements)"
+        )
+    else:
+        what = "pg8000 runs each call in a transaction of its own (it sends a statement in three exchanges)"
+    _say_once(
+        f"pooler-{storage}",
+        "storage %r: a connection pooler answers for PostgreSQL (its process id is not the server "
+        "session's), so %s",
+        storage,
+        what,
+    )

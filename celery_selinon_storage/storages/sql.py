@@ -41,6 +41,11 @@ _UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
 #: privilege (42), data (22), integrity (23), unsupported feature (0A).
 _PERMANENT_SQLSTATES = ("28", "3D", "42", "22", "23", "0A")
 
+#: SQLSTATEs of a prepared statement the server does not hold (26000), or holds from another client
+#: (42P05): psycopg prepares the statements it runs often, and a pooler in transaction mode hands each
+#: transaction to any server session. The storage never names a statement itself.
+_LOST_PREPARED_STATEMENT = frozenset({"26000", "42P05"})
+
 #: MySQL/MariaDB error numbers that no retry can fix: access denied (1044, 1045, 1142, 1143, 1227,
 #: 1698), unknown database (1049), packet too large (1153, 1301).
 _PERMANENT_MYSQL_ERRORS = frozenset({1044, 1045, 1049, 1142, 1143, 1153, 1227, 1301, 1698})
@@ -66,10 +71,13 @@ class _Session:
     connection: Any  # SQLAlchemy's, kept for DDL and closing
     dialect: str
     cursor: Any = None  # the DBAPI cursor every call uses
+    driver_connection: Any = None  # the DBAPI connection of that cursor
     statements: _Statements | None = None
     max_statement_bytes: int | None = None  # MariaDB/MySQL: max_allowed_packet
     #: PostgreSQL: a table made by version 0.1 keeps results in JSONB, which rewrites numbers
     legacy_jsonb: bool = False
+    #: pg8000 behind a connection pooler: each call is a transaction of its own, committed
+    commit_each: bool = False
 
 
 class SqlStorage(JsonStorage):
@@ -147,21 +155,23 @@ class SqlStorage(JsonStorage):
             url = url.difference_update_query(libpq.handled)
         pg_drivers.warn_if_blocking(driver, self.label)
         engine = sa.create_engine(url, echo=self.echo, **options)
+        connector = _Connector(driver, self.label, libpq, self.wait_timeout)
         if engine.dialect.name == "sqlite":
             sa.event.listen(engine, "connect", _sqlite_pragmas)
-        elif driver == pg_drivers.PG8000:
-            sa.event.listen(engine, "do_connect", _pg8000_connector(libpq))
-        elif driver == pg_drivers.PSYCOPG:
-            sa.event.listen(engine, "do_connect", _psycopg_connector(self.wait_timeout))
+        elif driver in (pg_drivers.PG8000, pg_drivers.PSYCOPG):
+            sa.event.listen(engine, "do_connect", connector)
         try:
-            connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            connection = engine.connect()
+            commit_each = connector.behind_pooler and driver == pg_drivers.PG8000
+            if not commit_each:
+                connection = connection.execution_options(isolation_level="AUTOCOMMIT")
         except BaseException:
             engine.dispose()
             raise
         dbapi = engine.dialect.loaded_dbapi
         # OSError: pg8000 lets a socket timeout out unwrapped, and the socket is useless after it
         self._lost_connection_errors = (dbapi.OperationalError, dbapi.InterfaceError, OSError)
-        return _Session(engine=engine, connection=connection, dialect=engine.dialect.name)
+        return _Session(engine, connection, engine.dialect.name, commit_each=commit_each)
 
     def _verify(self, handle: _Session) -> None:
         _create_table(handle.connection, _results_table(self.table_name, handle.dialect))
@@ -173,7 +183,10 @@ class SqlStorage(JsonStorage):
             _refuse_folding_task_ids(handle.connection, self.table_name, self.label)
             limit: Any = handle.connection.exec_driver_sql("SELECT @@max_allowed_packet").scalar()
             handle.max_statement_bytes = int(limit)
-        handle.cursor = handle.connection.connection.driver_connection.cursor()
+        if handle.commit_each:
+            handle.connection.commit()
+        handle.driver_connection = handle.connection.connection.driver_connection
+        handle.cursor = handle.driver_connection.cursor()
 
     def _close(self, handle: _Session) -> None:
         # Invalidate, not close: closing returns the connection to SQLAlchemy's pool, which first
@@ -251,8 +264,26 @@ class SqlStorage(JsonStorage):
     def _execute(self, session: _Session, name: str, values: tuple[Any, ...]) -> Any:
         assert session.statements is not None  # compiled when the connection was verified
         sql, arguments = session.statements.bind(name, values)
-        session.cursor.execute(sql, arguments)
+        try:
+            session.cursor.execute(sql, arguments)
+            if session.commit_each:
+                session.driver_connection.commit()
+        except Exception as exc:
+            if _error_code(exc) in _LOST_PREPARED_STATEMENT:
+                self.disconnect()  # psycopg's list of what it prepared is wrong: start afresh
+                raise self._pooler_error(exc) from exc
+            raise
         return session.cursor
+
+    def _pooler_error(self, exc: BaseException) -> ConfigurationError:
+        said = (str(exc).splitlines() or [type(exc).__name__])[0]
+        return ConfigurationError(
+            f"the server does not hold the statements psycopg prepared ({said}): a pooler in transaction "
+            "mode is in between (PgBouncer before 1.22, or without max_prepared_statements); "
+            "add engine_options: {connect_args: {prepare_threshold: null}} to the storage's configuration",
+            storage=self.label,
+            option="engine_options",
+        )
 
 
 @dataclass(frozen=True)
@@ -399,6 +430,8 @@ def _create_table(connection: Any, table: sa.Table) -> None:
     try:
         table.create(connection, checkfirst=True)
     except sa.exc.DBAPIError:
+        if connection.in_transaction():  # one the failed statement aborted (pg8000 behind a pooler)
+            connection.rollback()
         if not sa.inspect(connection).has_table(table.name):
             raise
 
@@ -474,25 +507,32 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _pg8000_connector(libpq: pg_drivers.Pg8000Options) -> Any:
-    """SQLAlchemy's ``do_connect`` hook for pg8000: an own socket, and libpq's URL options honoured."""
+class _Connector:
+    """SQLAlchemy's ``do_connect`` hook for PostgreSQL: the driver's connection made here, bounded by the
+    storage's waits and told whether a connection pooler answered (``pg_drivers.behind_pooler``)."""
 
-    def connect(dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
-        return pg_drivers.connect_pg8000(dialect.loaded_dbapi, cargs, cparams, libpq)
+    def __init__(self, driver: str, storage: str, libpq: pg_drivers.Pg8000Options, seconds: float) -> None:
+        self.driver = driver
+        self.storage = storage
+        self.libpq = libpq
+        self.seconds = seconds
+        self.behind_pooler = False
 
-    return connect
+    def __call__(self, dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        if self.driver == pg_drivers.PG8000:
+            connection = pg_drivers.connect_pg8000(dialect.loaded_dbapi, cargs, cparams, self.libpq)
+        else:
+            from . import psycopg_deadlines
 
-
-def _psycopg_connector(seconds: float) -> Any:
-    """SQLAlchemy's ``do_connect`` hook for psycopg: a connection whose every wait ends within ``seconds``."""
-    from . import psycopg_deadlines
-
-    connection_class = psycopg_deadlines.connection_class(seconds)
-
-    def connect(_dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
-        return connection_class.connect(*cargs, **cparams)
-
-    return connect
+            connection = psycopg_deadlines.connection_class(self.seconds).connect(*cargs, **cparams)
+        try:
+            self.behind_pooler = pg_drivers.behind_pooler(self.driver, connection)
+            if self.behind_pooler:
+                pg_drivers.keep_to_one_session(self.driver, connection, self.storage, cparams)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
 
 
 #: Each driver's own timeouts, as connect arguments, for waits of ``seconds`` each.
