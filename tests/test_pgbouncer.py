@@ -43,9 +43,14 @@ pytestmark = [pytest.mark.service, pytest.mark.timeout(120)]
 CALLS = 40
 
 
+def pgbouncer_program() -> str | None:
+    """Where PgBouncer's program is (Debian puts it in /usr/sbin, which a user's PATH may lack)."""
+    return shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
+
+
 def pgbouncer_version() -> tuple[int, ...]:
     """The installed PgBouncer's version, or a failure (a skip outside CI) when it is not installed."""
-    program = shutil.which("pgbouncer")
+    program = pgbouncer_program()
     if program is None:
         message = (
             "pgbouncer is not installed; scripts/services installs it (Debian: apt-get install pgbouncer)"
@@ -132,7 +137,7 @@ class OwnPgBouncer(OwnServer):
         return f"postgresql+{driver}://postgres@127.0.0.1:{self.port}/{self.database}"
 
     def command(self) -> list[str]:
-        return [str(shutil.which("pgbouncer")), str(self.directory / "pgbouncer.ini")]
+        return [str(pgbouncer_program()), str(self.directory / "pgbouncer.ini")]
 
     def popen_options(self) -> dict[str, Any]:
         return {"user": self._user}
