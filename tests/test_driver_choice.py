@@ -35,6 +35,7 @@ from celery_selinon_storage.guards import GuardKind
 from celery_selinon_storage.managed import ManagedStorage
 from celery_selinon_storage.retry import RetryPolicy
 from celery_selinon_storage.specs import load_storages
+from celery_selinon_storage.storages import psycopg_deadlines
 from celery_selinon_storage.storages.sql import SqlStorage
 from tests.backends import drop_table
 from tests.green_queries import with_driver
@@ -395,10 +396,18 @@ class Relay:
                 sock.close()
 
 
-@pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.parametrize(
+    ("driver", "psycopg_bounds_the_wait"),
+    [("psycopg", True), ("psycopg", False), ("pg8000", False)],
+    ids=["psycopg", "psycopg-each-wake-up", "pg8000"],
+)
 def test_a_call_past_its_deadline_lets_its_connection_go_at_once(
-    driver: str, postgres_url: str, table: str
+    driver: str, psycopg_bounds_the_wait: bool, postgres_url: str, table: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """psycopg-each-wake-up: the bound a psycopg without ``Connection.wait(timeout=)`` gets (``_until``)."""
+    if driver == "psycopg":
+        assert psycopg_deadlines.WAIT_TAKES_TIMEOUT, "this psycopg does not bound a wait itself: upgrade it"
+        monkeypatch.setattr(psycopg_deadlines, "WAIT_TAKES_TIMEOUT", psycopg_bounds_the_wait)
     relay = Relay(("127.0.0.1", 5432))
     url = with_driver(postgres_url, driver).replace(":5432/", f":{relay.port}/", 1)
     adapter = SqlStorage(url, table_name=table)
@@ -418,6 +427,10 @@ def test_a_call_past_its_deadline_lets_its_connection_go_at_once(
             time.sleep(0.02)
         assert relay.client_gone, f"{driver}: the interrupted connection was still open 1 s after the call"
         assert storage.stats["store"].timeouts == 1, repr(caught.value.__cause__)
+        if driver == "psycopg":
+            assert repr(caught.value.__cause__) == (
+                "ServerWaitTimeout('the server did not answer within 1 s')"
+            ), "the bound that ended the call was not the storage's"
         relay.holding.clear()
         storage.store(None, "f", "t", "after", {"n": 3})  # a new connection, through the relay
         assert storage.retrieve("f", "t", "after") == {"n": 3}
