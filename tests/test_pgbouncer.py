@@ -272,7 +272,7 @@ def test_psycopg_told_to_prepare_through_a_pgbouncer_that_does_not_track_fails_i
     assert message.startswith("storage 'Results', option 'engine_options': the server does not hold the ")
     assert message.endswith(
         "a pooler in transaction mode is in between (PgBouncer before 1.22, or without "
-        "max_prepared_statements); add engine_options: {connect_args: {prepare_threshold: null}} to the "
+        "max_prepared_statements); set engine_options: {connect_args: {prepare_threshold: null}} in the "
         "storage's configuration"
     )
     assert re.search(r'prepared statement "_pg3_\d+" (does not exist|already exists)', message), message

@@ -280,7 +280,7 @@ class SqlStorage(JsonStorage):
         return ConfigurationError(
             f"the server does not hold the statements psycopg prepared ({said}): a pooler in transaction "
             "mode is in between (PgBouncer before 1.22, or without max_prepared_statements); "
-            "add engine_options: {connect_args: {prepare_threshold: null}} to the storage's configuration",
+            "set engine_options: {connect_args: {prepare_threshold: null}} in the storage's configuration",
             storage=self.label,
             option="engine_options",
         )
