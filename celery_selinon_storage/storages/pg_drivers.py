@@ -9,6 +9,9 @@ the default is pg8000, whose pure-Python sockets eventlet makes green. A driver 
 pg8000 does not read libpq's URL options (Selinon's nodes.yml files write ``?sslmode=disable``): the ones
 it can honour are translated here (TLS as ``sslmode`` asks, ``options``, ``connect_timeout``,
 ``client_encoding=utf8``); any other is refused, naming the option.
+
+Behind a connection pooler in transaction mode, a statement may be run on another server session than the
+one it was prepared on: found when connecting, and avoided (``behind_pooler``, ``keep_to_one_session``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 SQLAlchemy 2 supplies the URL handling, the dialect, the table and the SQL text of each statement,
 compiled once at connect. The calls themselves run that SQL on one held DBAPI connection in
-autocommit mode: one round trip per store, retrieve or delete, as fast as the plain driver.
+autocommit mode: one round trip per store, retrieve or delete, as fast as the plain driver (pg8000 behind
+a connection pooler: each call in a transaction of its own, see ``pg_drivers``).
 """
 
 from __future__ import annotations
