@@ -12,12 +12,21 @@ import sqlalchemy as sa
 from celery_selinon_storage.storages import BUILTIN_STORAGES, builtin_storage_class
 from celery_selinon_storage.storages.base import JsonStorage
 from celery_selinon_storage.storages.sql import SqlStorage
+from tests.green_queries import with_driver
 from tests.services import S3_KEYS
 
 Factory = Callable[[], JsonStorage]
 
-#: Every built-in adapter on every kind of server its registry entry names, as (class name, server).
-CASES = [(name, server) for name, builtin in BUILTIN_STORAGES.items() for server in builtin.servers]
+#: A kind of server through a driver other than its default, as ``kind+driver``: PostgreSQL's default is
+#: psycopg, and pg8000 where eventlet's monkey-patching is active.
+OTHER_DRIVERS = [("SqlStorage", "postgresql+pg8000")]
+
+#: Every built-in adapter on every kind of server its registry entry names, as (class name, server), and
+#: the other drivers.
+CASES = [
+    *((name, server) for name, builtin in BUILTIN_STORAGES.items() for server in builtin.servers),
+    *OTHER_DRIVERS,
+]
 
 #: Kind of server -> the built-in adapter that runs on it.
 ADAPTER_ON = {server: name for name, server in CASES}
@@ -34,14 +43,17 @@ _SQL_SERVERS = ("sqlite", "postgresql", "mariadb")
 
 
 def server_url(server: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The URL of a server of that kind for this test (a file of its own for SQLite)."""
+    """The URL of a server of that kind for this test (a file of its own for SQLite), with the driver that
+    ``kind+driver`` names."""
     if server == "memory":
         return "memory://"
     if server == "sqlite":
         return f"sqlite:///{tmp_path / 'results.sqlite3'}"
     if server == "filesystem":
         return str(tmp_path / "files")
-    return str(request.getfixturevalue(_SERVER_FIXTURES[server]))
+    kind, _, driver = server.partition("+")
+    url = str(request.getfixturevalue(_SERVER_FIXTURES[kind]))
+    return with_driver(url, driver) if driver else url
 
 
 def adapter_factory(
@@ -51,8 +63,9 @@ def adapter_factory(
     the end of the test), with ``options`` added to the registry's."""
     name = ADAPTER_ON[server]
     url = server_url(server, request, tmp_path)
-    configuration = {**BUILTIN_STORAGES[name].servers[server](url, unique), **options}
-    if server in _SQL_SERVERS:
+    kind = server.partition("+")[0]
+    configuration = {**BUILTIN_STORAGES[name].servers[kind](url, unique), **options}
+    if kind in _SQL_SERVERS:
         request.addfinalizer(lambda: drop_table(url, unique))
     if server == "s3":  # boto3 reads the keys from the environment
         monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")

@@ -27,8 +27,8 @@ def case(request: pytest.FixtureRequest) -> tuple[str, str]:
 
 @pytest.fixture
 def backend(case: tuple[str, str]) -> str:
-    """The kind of server."""
-    return case[1]
+    """The kind of server (``postgresql`` for ``postgresql+pg8000``)."""
+    return case[1].partition("+")[0]
 
 
 @pytest.fixture

@@ -243,7 +243,7 @@ MARIADB_OPTIONS: dict[str, Any] = {
 #: connection left out of step fails instead of hanging, and SQLite's tapped connections.
 EXTRA_OPTIONS: dict[str, dict[str, Any]] = {
     "sqlite": {"engine_options": {"connect_args": {"factory": TappedSqliteConnection}}},
-    "postgresql": {"engine_options": PG_OPTIONS},
+    "postgresql+pg8000": {"engine_options": PG_OPTIONS},
     "mariadb": {"engine_options": MARIADB_OPTIONS},
     "redis": {"socket_timeout": 5},
 }
@@ -310,7 +310,7 @@ LONE_SURROGATE = json.loads('{"t":"\\ud83d oops"}')
 
 
 def _postgres_storage(wrapped: str, request: pytest.FixtureRequest, unique: str) -> Any:
-    adapter = make_factory("postgresql", request, Path(), unique)()
+    adapter = make_factory("postgresql+pg8000", request, Path(), unique)()
     return connected(adapter, request) if wrapped == "adapter" else managed_storage(adapter, request)
 
 
@@ -363,7 +363,8 @@ def _still_missing(storage: Any, task_id: str) -> list[str]:
 
 # -- 2. a call interrupted half-way by a BaseException --------------------------------------------
 
-INTERRUPTED_BACKENDS = ["sqlite", "postgresql", "mariadb", "redis", "mongo", "s3"]
+#: PostgreSQL through pg8000, whose I/O goes through the tapped sockets (psycopg's is libpq's, in C).
+INTERRUPTED_BACKENDS = ["sqlite", "postgresql+pg8000", "mariadb", "redis", "mongo", "s3"]
 
 #: Where to interrupt: at the start, the middle or the end of the call's request or of its reply.
 POSITIONS: list[tuple[str, str]] = [

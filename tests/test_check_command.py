@@ -95,10 +95,9 @@ def test_a_down_storage_fails_the_check_without_leaking_its_password(
     assert report["ok"] is False
     down = report["storages"][-1]
     assert (down["name"], down["ok"]) == ("Down", False)
-    assert (down["connect"], down["error"]) == (
-        "failed",
-        "InterfaceError: Can't create a connection to host 127.0.0.1 and port 1 (Connection refused)",
-    )
+    # psycopg (the default) says OperationalError, pg8000 InterfaceError
+    assert down["connect"] == "failed"
+    assert down["error"].startswith(("OperationalError: ", "InterfaceError: ")) and "port 1" in down["error"]
     assert "app:***@127.0.0.1:1/app" in down["target"]
     assert PASSWORD not in out + err
     assert [s["ok"] for s in report["storages"][:-1]] == [True, True, True]

@@ -61,6 +61,7 @@ def postgres_target(directory: Path, table: str) -> Target:
             return []
         return [int(i) for (i,) in server.query(f"SELECT result->>'i' FROM {table}")]
 
+    # the default driver (psycopg, or pg8000 under eventlet), each wait bounded by the entry's timeout
     configuration = f'{{connection_string: "{server.url}", table_name: {table}}}'
     return Target(server, f"SqlStorage\n    configuration: {configuration}", stored)
 

@@ -91,6 +91,12 @@ class Backend:
     configuration: Callable[[str, str, float | None], dict[str, Any]]
     #: whether each try opens one TCP connection (a pooled client with monitor threads does not)
     one_connection_per_try: bool = True
+    #: whether the driver has an option of its own that bounds a read (psycopg has none: its reads are
+    #: bounded by the entry's timeout: alone)
+    bounds_reads_by_its_options: bool = True
+    #: the driver connects through Python's socket.socket (libpq connects in C: its tries are counted as
+    #: psycopg's connection attempts)
+    connects_in_python: bool = True
 
 
 def redis_configuration(url: str, unique: str, seconds: float | None) -> dict[str, Any]:
@@ -104,6 +110,14 @@ def postgres_configuration(url: str, unique: str, seconds: float | None) -> dict
     options: dict[str, Any] = {"connection_string": url, "table_name": unique}
     if seconds is not None:
         options["engine_options"] = {"connect_args": {"timeout": seconds}}  # pg8000: every socket operation
+    return options
+
+
+def psycopg_configuration(url: str, unique: str, seconds: float | None) -> dict[str, Any]:
+    options: dict[str, Any] = {"connection_string": url, "table_name": unique}
+    if seconds is not None:
+        # libpq: the connect only, in whole seconds (psycopg has no read timeout)
+        options["engine_options"] = {"connect_args": {"connect_timeout": seconds}}
     return options
 
 
@@ -140,8 +154,11 @@ def s3_configuration(url: str, unique: str, seconds: float | None) -> dict[str, 
 BACKENDS = [
     Backend("redis", "RedisStorage", "own_redis", lambda port: f"redis://127.0.0.1:{port}/0",
             redis_configuration),
-    Backend("postgres", "SqlStorage", "own_postgres", lambda port: f"postgresql://postgres@127.0.0.1:{port}/postgres",
-            postgres_configuration),
+    Backend("postgres", "SqlStorage", "own_postgres",
+            lambda port: f"postgresql+pg8000://postgres@127.0.0.1:{port}/postgres", postgres_configuration),
+    Backend("postgres-psycopg", "SqlStorage", "own_postgres",
+            lambda port: f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", psycopg_configuration,
+            bounds_reads_by_its_options=False, connects_in_python=False),
     Backend("mariadb", "SqlStorage", "own_mariadb", lambda port: f"mysql://root@127.0.0.1:{port}/test",
             mariadb_configuration),
     Backend("mongo", "MongoStorage", "own_mongo", lambda port: f"mongodb://127.0.0.1:{port}",
@@ -186,6 +203,13 @@ Later = Callable[[ManagedStorage], ManagedStorage]
 VARIANTS = [
     pytest.param(with_driver_options, id="driver-options"),
     pytest.param(with_timeout_key, id="timeout-key"),
+]
+#: A call frozen mid-exchange: only a driver with a read timeout of its own can be bounded by its options.
+MID_CALL_PARAMS = [
+    pytest.param(backend, variant.values[0], id=f"{variant.id}-{backend.name}")
+    for backend in BACKENDS
+    for variant in VARIANTS
+    if backend.bounds_reads_by_its_options or variant.id != "driver-options"
 ]
 
 
@@ -285,14 +309,13 @@ def store(storage: ManagedStorage, task_id: str, result: Any) -> Callable[[], An
 # -- a frozen server ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+@pytest.mark.parametrize(("backend", "variant"), MID_CALL_PARAMS)
 def test_a_call_to_a_frozen_server_ends_within_the_deadline_and_the_storage_then_works(
     backend: Backend, variant: Variant, request: pytest.FixtureRequest, freezer: Freezer, unique: str,
     tmp_path: Path, shut_down_later: Later,
 ) -> None:  # fmt: skip
     server = own_server(request, backend)
-    storage = shut_down_later(variant(backend, server.url, unique, tmp_path))
+    storage = shut_down_later(variant(backend, backend.url(server.port), unique, tmp_path))
     storage.connect()
     storage.store(None, FLOW, TASK, "before", {"n": 1})
     with freezer.frozen(server):
@@ -313,7 +336,7 @@ def test_a_first_call_to_a_frozen_server_ends_within_the_deadline_and_then_conne
 ) -> None:  # fmt: skip
     """The connect path: the kernel completes the handshake of a frozen server, which then says nothing."""
     server = own_server(request, backend)
-    storage = shut_down_later(variant(backend, server.url, unique, tmp_path))
+    storage = shut_down_later(variant(backend, backend.url(server.port), unique, tmp_path))
     with freezer.frozen(server):
         call = start_call(store(storage, "while-frozen", {"n": 1}))
         ended_in_time = call.wait(BOUND)
@@ -352,7 +375,7 @@ def test_a_refused_port_is_tried_exactly_as_many_times_as_attempts_says(
 ) -> None:
     """``attempts: 3`` means three connections, not three times the driver's own retries."""
     with refused_port() as port:
-        tries = count_connects(monkeypatch, port)
+        tries = count_connects(monkeypatch, port, backend)
         adapter = builtin_storage_class(backend.classname)(
             **backend.configuration(backend.url(port), unique, DEADLINE)
         )
@@ -378,10 +401,13 @@ def test_a_refused_port_fails_within_the_deadline(
     assert_unavailable_in_time(call, ended_in_time, f"{backend.name} on a refused port")
 
 
-def count_connects(monkeypatch: pytest.MonkeyPatch, port: int) -> list[int]:
+def count_connects(monkeypatch: pytest.MonkeyPatch, port: int, backend: Backend) -> list[int]:
     """One entry per TCP connection any thread starts to ``port`` from now on (filled as they happen);
-    the connections themselves are real."""
+    the connections themselves are real. libpq connects in C: psycopg's connection attempts are counted
+    (each one a connect by libpq)."""
     seen: list[int] = []
+    if not backend.connects_in_python:
+        return count_psycopg_attempts(monkeypatch, port, seen)
     original = socket.socket.connect
 
     def connect(sock: socket.socket, address: Any) -> None:
@@ -390,6 +416,22 @@ def count_connects(monkeypatch: pytest.MonkeyPatch, port: int) -> list[int]:
         original(sock, address)
 
     monkeypatch.setattr(socket.socket, "connect", connect)
+    return seen
+
+
+def count_psycopg_attempts(monkeypatch: pytest.MonkeyPatch, port: int, seen: list[int]) -> list[int]:
+    from psycopg.conninfo import conninfo_to_dict
+
+    from celery_selinon_storage.storages.psycopg_deadlines import DeadlineConnection
+
+    original = DeadlineConnection._connect_gen.__func__  # type: ignore[attr-defined]
+
+    def attempt(cls: type[DeadlineConnection], conninfo: str = "", *args: Any, **kwargs: Any) -> Any:
+        if str(conninfo_to_dict(conninfo).get("port")) == str(port):
+            seen.append(port)
+        return original(cls, conninfo, *args, **kwargs)
+
+    monkeypatch.setattr(DeadlineConnection, "_connect_gen", classmethod(attempt))
     return seen
 
 

@@ -98,11 +98,11 @@ def test_check_prints_urls_masked_by_structure(
     assert run.returncode == 1, run.stdout + run.stderr
     lines = {line.split()[0]: line for line in run.stdout.splitlines()[1:]}  # under the heading
     assert set(lines) == {"PgQuery", "PgPostgres", "RedisOne", "RedisOneDown"}
-    query = f"SqlStorage('postgresql+pg8000://postgres@{address}?password=***', table_name='{table}_q')"
+    query = f"SqlStorage('postgresql+psycopg://postgres@{address}?password=***', table_name='{table}_q')"
     assert query in lines["PgQuery"]
     # the scheme stays whole; the user name is the password too, so it is masked with it
     assert (
-        f"SqlStorage('postgresql+pg8000://***:***@{address}', table_name='{table}_p')" in lines["PgPostgres"]
+        f"SqlStorage('postgresql+psycopg://***:***@{address}', table_name='{table}_p')" in lines["PgPostgres"]
     )
     assert f"RedisStorage('redis://:***@127.0.0.1:{redis_password_one}/0'" in lines["RedisOne"]
     assert f"RedisStorage('redis://:***@127.0.0.1:{down}/0'" in lines["RedisOneDown"]
@@ -124,10 +124,10 @@ def test_check_json_masks_the_same_way(
     assert run.returncode == 1, run.stdout + run.stderr
     report = {entry["name"]: entry for entry in json.loads(run.stdout)["storages"]}
     assert report["PgQuery"]["target"] == (
-        f"SqlStorage('postgresql+pg8000://postgres@{address}?password=***', table_name='{table}_q')"
+        f"SqlStorage('postgresql+psycopg://postgres@{address}?password=***', table_name='{table}_q')"
     )
     assert report["PgPostgres"]["target"] == (
-        f"SqlStorage('postgresql+pg8000://***:***@{address}', table_name='{table}_p')"
+        f"SqlStorage('postgresql+psycopg://***:***@{address}', table_name='{table}_p')"
     )
     assert report["RedisOne"]["target"] == (
         f"RedisStorage('redis://:***@127.0.0.1:{redis_password_one}/0', key_prefix='{table}:', ttl=None)"
@@ -189,7 +189,7 @@ def test_adapter_reprs_mask_urls_by_structure() -> None:
     """Waits for the adapters to build their reprs with ``mask_url``."""
     sql = repr(SqlStorage(f"postgresql://postgres:postgres@127.0.0.1:5432/test?password={QUERY_PASSWORD}"))
     assert QUERY_PASSWORD not in sql and "postgres:postgres" not in sql
-    assert "'postgresql+pg8000://" in sql and "@127.0.0.1:5432/test?password=***" in sql
+    assert "'postgresql+psycopg://" in sql and "@127.0.0.1:5432/test?password=***" in sql
     redis = repr(RedisStorage(url=f"redis://:1@127.0.0.1:6379/1?password={QUERY_PASSWORD}"))
     assert redis.startswith("RedisStorage('redis://:***@127.0.0.1:6379/1?password=***'")
     assert QUERY_PASSWORD not in redis

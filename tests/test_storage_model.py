@@ -41,6 +41,7 @@ from celery_selinon_storage.storages.mongo import MongoStorage
 from celery_selinon_storage.storages.redis import RedisStorage
 from celery_selinon_storage.storages.s3 import S3Storage
 from celery_selinon_storage.storages.sql import SqlStorage
+from tests.green_queries import with_driver
 from tests.hypothesis_profiles import server_settings
 from tests.interrupt import (
     Injector,
@@ -520,7 +521,9 @@ def _backend(
         make = _sql(url, request, unique, factory=sqlite_connection_class(injector))
         return Backend(name, make, injector, frozenset({"celery_selinon_storage.storages.sql"}), events=2)
     if name == "postgresql":
-        make = _sql(request.getfixturevalue("postgres_url"), request, unique, timeout=TIMEOUT)
+        # pg8000: its I/O is Python's, so the injector reaches it (psycopg's is libpq's, in C)
+        url = with_driver(request.getfixturevalue("postgres_url"), "pg8000")
+        make = _sql(url, request, unique, timeout=TIMEOUT)
         # pg8000: three round trips a statement (parse, describe, bind and execute), a read per header and body
         return Backend(name, make, injector, frozenset({"pg8000.core"}), events=32, refuses_nul=True)
     if name == "mariadb":

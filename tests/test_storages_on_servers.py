@@ -31,7 +31,8 @@ pytestmark = pytest.mark.service
 
 def test_the_seed_postgres_url_works_as_written() -> None:
     storage = SqlStorage("postgres://postgres:postgres@postgres:5432/postgres", encoding="utf-8", echo=False)
-    assert storage.url.drivername == "postgresql+pg8000"
+    # pg8000 under eventlet's monkey-patching: tests/test_driver_choice.py
+    assert storage.url.drivername == "postgresql+psycopg"
     assert "postgres:postgres@" not in repr(storage) and "***" in repr(storage)
 
 
@@ -141,8 +142,8 @@ def test_which_sql_drivers_let_the_hub_run_during_a_query(
     assert most_at_once(spans) == (4 if green else 1), f"{driver} under {hub}: query spans {spans}"
 
 
-def test_the_default_drivers_are_the_green_ones() -> None:
-    assert SqlStorage("postgresql://h/db").url.drivername == "postgresql+pg8000"
+def test_the_default_drivers_outside_eventlet() -> None:
+    assert SqlStorage("postgresql://h/db").url.drivername == "postgresql+psycopg"
     assert SqlStorage("mariadb://h/db").url.drivername == "mariadb+pymysql"
     assert SqlStorage("mysql://h/db").url.drivername == "mysql+pymysql"
 

@@ -27,6 +27,7 @@ from celery.result import AsyncResult
 
 from celery_selinon_storage import MissingResultError
 from celery_selinon_storage.storages.sql import SqlStorage
+from tests.green_queries import with_driver
 from tests.interrupt_app import (
     FLOW,
     app,
@@ -340,7 +341,8 @@ def test_a_time_limit_mid_store_leaves_the_storage_answering_right(
     postgres_url: str,
     workers: Callable[..., WorkerProcess],
 ) -> None:
-    storages = write_sql_storages(tmp_path, postgres_url, pg_table)
+    # pg8000: where a time limit strikes is told by the Python frames of its I/O (psycopg's is in C)
+    storages = write_sql_storages(tmp_path, with_driver(postgres_url, "pg8000"), pg_table)
     worker = workers(
         storages=storages, pool=pool, concurrency=concurrency, queue=queue, app="tests.interrupt_app"
     )

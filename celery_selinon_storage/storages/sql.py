@@ -2,7 +2,8 @@
 
 SQLAlchemy 2 supplies the URL handling, the dialect, the table and the SQL text of each statement,
 compiled once at connect. The calls themselves run that SQL on one held DBAPI connection in
-autocommit mode: one round trip per store, retrieve or delete, as fast as the plain driver.
+autocommit mode: one round trip per store, retrieve or delete, as fast as the plain driver (pg8000 behind
+a connection pooler: each call in a transaction of its own, see ``pg_drivers``).
 """
 
 from __future__ import annotations
@@ -25,15 +26,16 @@ from ..errors import (
     ResultTooLargeError,
 )
 from ..secrets import mask_url
+from . import pg_drivers
 from .base import CHECK_NOTES, JsonStorage, Record, require_utf8, to_json
 
 #: SQLAlchemy 2 no longer accepts the ``postgres://`` scheme that Selinon's docs write.
 _SCHEME_ALIASES = {"postgres": "postgresql"}
 
-#: Driver used when the URL names none. Pure-Python drivers: their sockets are made green by
-#: eventlet's and gevent's monkey-patching, so a query never blocks the hub (psycopg's C wait
-#: only knows gevent; mysqlclient knows neither).
-DEFAULT_DRIVERS = {"postgresql": "pg8000", "mysql": "pymysql", "mariadb": "pymysql"}
+#: Driver used when the URL names none. MySQL/MariaDB: PyMySQL, pure Python, whose sockets eventlet's
+#: and gevent's monkey-patching make green (mysqlclient's C waits know neither). PostgreSQL: chosen when
+#: the storage connects, psycopg unless eventlet's monkey-patching is active (see ``pg_drivers``).
+DEFAULT_DRIVERS = {"mysql": "pymysql", "mariadb": "pymysql"}
 
 _COLUMNS = ("task_id", "flow_name", "task_name", "node_args", "result")
 
@@ -45,6 +47,11 @@ _UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
 #: SQLSTATE classes that no retry can fix: authorization (28), unknown database (3D), syntax or
 #: privilege (42), data (22), integrity (23), unsupported feature (0A).
 _PERMANENT_SQLSTATES = ("28", "3D", "42", "22", "23", "0A")
+
+#: SQLSTATEs of a prepared statement the server does not hold (26000), or holds from another client
+#: (42P05): psycopg prepares the statements it runs often, and a pooler in transaction mode hands each
+#: transaction to any server session. The storage never names a statement itself.
+_LOST_PREPARED_STATEMENT = frozenset({"26000", "42P05"})
 
 #: MySQL/MariaDB error numbers that no retry can fix: access denied (1044, 1045, 1142, 1143, 1227,
 #: 1698), unknown database (1049), packet too large (1153, 1301).
@@ -71,10 +78,13 @@ class _Session:
     connection: Any  # SQLAlchemy's, kept for DDL and closing
     dialect: str
     cursor: Any = None  # the DBAPI cursor every call uses
+    driver_connection: Any = None  # the DBAPI connection of that cursor
     statements: _Statements | None = None
     max_statement_bytes: int | None = None  # MariaDB/MySQL: max_allowed_packet
     #: PostgreSQL: a table made by version 0.1 keeps results in JSONB, which rewrites numbers
     legacy_jsonb: bool = False
+    #: pg8000 behind a connection pooler: each call is a transaction of its own, committed
+    commit_each: bool = False
 
 
 class SqlStorage(JsonStorage):
@@ -96,7 +106,9 @@ class SqlStorage(JsonStorage):
         engine_options: dict[str, Any] | None = None,
     ) -> None:
         require_utf8("encoding", encoding)
+        #: the URL with the driver in use: the open connection's, else the one a connect would choose now
         self.url = _database_url(connection_string)
+        self._driver_named = "+" in sa.engine.make_url(connection_string).drivername
         self.echo = echo
         self.table_name = table_name
         self.engine_options = dict(engine_options or {})
@@ -127,25 +139,53 @@ class SqlStorage(JsonStorage):
         target = mask_url(self.url.render_as_string(hide_password=False))
         return f"SqlStorage({target!r}, table_name={self.table_name!r})"
 
+    @property
+    def driver(self) -> str:
+        """The DBAPI driver, as SQLAlchemy names it (``psycopg``, ``pg8000``, ``pymysql``, ``pysqlite``):
+        the open connection's, else the one a connect would use now."""
+        if self._handle is not None:
+            return str(self._handle.engine.dialect.driver)
+        return str(self._url_now().get_driver_name())
+
     # -- connection --------------------------------------------------------------------------
 
+    def _url_now(self) -> Any:
+        """The URL to connect with now: a PostgreSQL URL that names no driver gets the runtime's."""
+        if self._driver_named or self.url.get_backend_name() != "postgresql":
+            return self.url
+        return self.url.set(drivername=f"postgresql+{pg_drivers.default_driver()}")
+
     def _open(self) -> _Session:
+        self.url = url = self._url_now()
+        driver = url.get_driver_name()
         options = {"poolclass": sa.pool.NullPool, **self.engine_options}  # the connection is held, not pooled
-        options = _with_driver_timeouts(self.url, options, self.wait_timeout)
-        engine = sa.create_engine(self.url, echo=self.echo, **options)
+        options = _with_driver_timeouts(url, options, self.wait_timeout)
+        libpq = pg_drivers.Pg8000Options()
+        if driver == pg_drivers.PG8000:
+            try:
+                libpq = pg_drivers.pg8000_options(url.query)
+            except OptionProblem as problem:  # a URL option that only psycopg takes, under eventlet
+                raise ConfigurationError(str(problem), storage=self.label, option=problem.option) from None
+            url = url.difference_update_query(libpq.handled)
+        pg_drivers.warn_if_blocking(driver, self.label)
+        engine = sa.create_engine(url, echo=self.echo, **options)
+        connector = _Connector(driver, self.label, libpq, self.wait_timeout)
         if engine.dialect.name == "sqlite":
             sa.event.listen(engine, "connect", _sqlite_pragmas)
-        if engine.dialect.driver == "pg8000":
-            sa.event.listen(engine, "do_connect", _pg8000_with_own_socket)
+        elif driver in (pg_drivers.PG8000, pg_drivers.PSYCOPG):
+            sa.event.listen(engine, "do_connect", connector)
         try:
-            connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            connection = engine.connect()
+            commit_each = connector.behind_pooler and driver == pg_drivers.PG8000
+            if not commit_each:
+                connection = connection.execution_options(isolation_level="AUTOCOMMIT")
         except BaseException:
             engine.dispose()
             raise
         dbapi = engine.dialect.loaded_dbapi
         # OSError: pg8000 lets a socket timeout out unwrapped, and the socket is useless after it
         self._lost_connection_errors = (dbapi.OperationalError, dbapi.InterfaceError, OSError)
-        return _Session(engine=engine, connection=connection, dialect=engine.dialect.name)
+        return _Session(engine, connection, engine.dialect.name, commit_each=commit_each)
 
     def _verify(self, handle: _Session) -> None:
         notes = CHECK_NOTES.get()
@@ -161,7 +201,10 @@ class SqlStorage(JsonStorage):
             _refuse_folding_task_ids(handle.connection, self.table_name, self.label)
             limit: Any = handle.connection.exec_driver_sql("SELECT @@max_allowed_packet").scalar()
             handle.max_statement_bytes = int(limit)
-        handle.cursor = handle.connection.connection.driver_connection.cursor()
+        if handle.commit_each:
+            handle.connection.commit()
+        handle.driver_connection = handle.connection.connection.driver_connection
+        handle.cursor = handle.driver_connection.cursor()
 
     def _close(self, handle: _Session) -> None:
         # Invalidate, not close: closing returns the connection to SQLAlchemy's pool, which first
@@ -239,8 +282,26 @@ class SqlStorage(JsonStorage):
     def _execute(self, session: _Session, name: str, values: tuple[Any, ...]) -> Any:
         assert session.statements is not None  # compiled when the connection was verified
         sql, arguments = session.statements.bind(name, values)
-        session.cursor.execute(sql, arguments)
+        try:
+            session.cursor.execute(sql, arguments)
+            if session.commit_each:
+                session.driver_connection.commit()
+        except Exception as exc:
+            if _error_code(exc) in _LOST_PREPARED_STATEMENT:
+                self.disconnect()  # psycopg's list of what it prepared is wrong: start afresh
+                raise self._pooler_error(exc) from exc
+            raise
         return session.cursor
+
+    def _pooler_error(self, exc: BaseException) -> ConfigurationError:
+        said = (str(exc).splitlines() or [type(exc).__name__])[0]
+        return ConfigurationError(
+            f"the server does not hold the statements psycopg prepared ({said}): a pooler in transaction "
+            "mode is in between (PgBouncer before 1.22, or without max_prepared_statements); "
+            "set engine_options: {connect_args: {prepare_threshold: null}} in the storage's configuration",
+            storage=self.label,
+            option="engine_options",
+        )
 
 
 class SelinonSqlStorage(SqlStorage):
@@ -375,7 +436,7 @@ def _result_as_text(table: sa.Table, dialect: str) -> Any:
 
 
 def _database_url(connection_string: str) -> Any:
-    """The URL with its default driver filled in; its driver must be importable."""
+    """The URL with its default driver filled in; its driver must be importable and take its options."""
     try:
         url = sa.engine.make_url(connection_string)
     except sa.exc.ArgumentError:
@@ -383,8 +444,15 @@ def _database_url(connection_string: str) -> Any:
             "connection_string", "is not a database URL; write dialect[+driver]://user:password@host/database"
         ) from None
     dialect = _SCHEME_ALIASES.get(url.get_backend_name(), url.get_backend_name())
-    driver = url.get_driver_name() if "+" in url.drivername else DEFAULT_DRIVERS.get(dialect)
+    if "+" in url.drivername:
+        driver: str | None = url.get_driver_name()
+    elif dialect == "postgresql":
+        driver = pg_drivers.default_driver()
+    else:
+        driver = DEFAULT_DRIVERS.get(dialect)
     url = url.set(drivername=f"{dialect}+{driver}" if driver else dialect)
+    if driver == pg_drivers.PG8000:
+        pg_drivers.pg8000_options(url.query)  # refuses a libpq option it cannot honour, now
     try:
         url.get_dialect().import_dbapi()
     except sa.exc.NoSuchModuleError:
@@ -437,6 +505,8 @@ def _create_table(connection: Any, table: sa.Table) -> None:
     try:
         table.create(connection, checkfirst=True)
     except sa.exc.DBAPIError:
+        if connection.in_transaction():  # one the failed statement aborted (pg8000 behind a pooler)
+            connection.rollback()
         if not sa.inspect(connection).has_table(table.name):
             raise
 
@@ -484,7 +554,8 @@ def _refuse_folding_task_ids(connection: Any, table: str, storage: str) -> None:
 
 def _driver_socket(driver_connection: Any) -> socket.socket | None:
     """The TCP socket of a pure-Python driver's connection (pg8000: ``_usock``, PyMySQL: ``_sock``);
-    None for the others (psycopg and sqlite3 close theirs in C)."""
+    None for the others. psycopg's ``close`` finishes libpq's connection, which closes its socket
+    whatever still refers to the Python object (a traceback, say); sqlite3 has no socket."""
     for attribute in ("_usock", "_sock"):
         candidate = getattr(driver_connection, attribute, None)
         if isinstance(candidate, socket.socket):
@@ -511,33 +582,39 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _pg8000_with_own_socket(dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
-    """Connect pg8000 over a TCP socket made here, and closed here if the connection fails.
+class _Connector:
+    """SQLAlchemy's ``do_connect`` hook for PostgreSQL: the driver's connection made here, bounded by the
+    storage's waits and told whether a connection pooler answered (``pg_drivers.behind_pooler``)."""
 
-    When the server accepts but does not answer, pg8000's start-up times out and leaves its socket
-    to the garbage collector: the server keeps a half-open session until the collector runs.
-    """
-    host = cparams.get("host", "localhost")
-    if cparams.get("unix_sock") or cparams.get("sock") or str(host).startswith("/"):
-        return None  # pg8000 connects as usual
-    port = cparams.get("port", 5432)
-    try:
-        sock = socket.create_connection((host, port), cparams.get("timeout"))
-    except OSError as exc:  # as pg8000 reports it, so that SQLAlchemy wraps it as its other errors
-        message = f"Can't create a connection to host {host} and port {port} ({exc.strerror or exc})"
-        raise dialect.loaded_dbapi.InterfaceError(message) from exc
-    try:
-        return dialect.loaded_dbapi.Connection(*cargs, **{**cparams, "sock": sock})
-    except BaseException:
-        sock.close()
-        raise
+    def __init__(self, driver: str, storage: str, libpq: pg_drivers.Pg8000Options, seconds: float) -> None:
+        self.driver = driver
+        self.storage = storage
+        self.libpq = libpq
+        self.seconds = seconds
+        self.behind_pooler = False
+
+    def __call__(self, dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        if self.driver == pg_drivers.PG8000:
+            connection = pg_drivers.connect_pg8000(dialect.loaded_dbapi, cargs, cparams, self.libpq)
+        else:
+            from . import psycopg_deadlines
+
+            connection = psycopg_deadlines.connection_class(self.seconds).connect(*cargs, **cparams)
+        try:
+            self.behind_pooler = pg_drivers.behind_pooler(self.driver, connection)
+            if self.behind_pooler:
+                pg_drivers.keep_to_one_session(self.driver, connection, self.storage, cparams)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
 
 
 #: Each driver's own timeouts, as connect arguments, for waits of ``seconds`` each.
 _DRIVER_TIMEOUTS: dict[str, Any] = {
     # every socket operation, the connect included
     "pg8000": lambda seconds: {"timeout": seconds},
-    # libpq counts whole seconds, and at least 2
+    # libpq counts whole seconds, and at least 2: the connection class bounds every wait to the 0.1 s
     "psycopg": lambda seconds: {"connect_timeout": max(2, math.ceil(seconds))},
     # the TCP connect, then every read (the handshake included) and write
     "pymysql": lambda seconds: {
