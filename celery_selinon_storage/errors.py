@@ -45,7 +45,12 @@ def _driver_text(exc: BaseException) -> str:
         return f"{fields.get('C') or ''} {fields['M']}".strip()
     if len(args) == 2 and type(args[0]) is int and isinstance(args[1], str) and not isinstance(exc, OSError):
         return f"{args[0]} {args[1]}"  # MySQL drivers: (error number, message)
-    return str(exc)
+    text = str(exc)
+    if text.startswith("connection failed: ") and " failed: " in text[len("connection failed: ") :]:
+        # libpq (psycopg): "connection failed: connection to server at "h", port p failed: FATAL: ...";
+        # the target is shown beside the error, the server's own words are what is new
+        return text.rsplit(" failed: ", 1)[1]
+    return text
 
 
 def shortened(text: str, limit: int) -> str:

@@ -108,7 +108,7 @@ def test_check_without_connecting_shows_the_same_columns(
     assert all(row.endswith("  -  not tried") for row in rows)
     assert {row.index("not tried") for row in rows} == {heading.index("CONNECT")}
     assert rows[0][heading.index("TARGET") :].startswith(
-        "SqlStorage('postgresql+pg8000://postgres@127.0.0.1:"
+        "SqlStorage('postgresql+psycopg://postgres@127.0.0.1:"
     )
     as_json = json.loads(celery(tmp_path, settings, "check", "--no-connect", "--json").stdout)
     assert [(s["connect"], s["ok"], s["latency_ms"]) for s in as_json["storages"]] == [
@@ -125,8 +125,8 @@ def test_a_driver_error_is_readable_and_a_password_is_masked(tmp_path: Path, uni
     run = celery(tmp_path, f"app.conf.selinon_storages = [{entry!r}]", "check")
     assert run.returncode == 1, run.stdout + run.stderr
     row = run.stdout.splitlines()[1]
-    assert row.endswith(f'  failed: ProgrammingError: 3D000 database "{unique}" does not exist')
-    assert f"SqlStorage('postgresql+pg8000://postgres:***@127.0.0.1:5432/{unique}'" in row
+    assert row.endswith(f'  failed: OperationalError: FATAL: database "{unique}" does not exist')
+    assert f"SqlStorage('postgresql+psycopg://postgres:***@127.0.0.1:5432/{unique}'" in row
     assert PASSWORD not in run.stdout + run.stderr
 
 
@@ -199,9 +199,9 @@ def test_a_storage_down_at_start_is_logged_with_its_masked_target_and_error(
     warning = re.search(r"storage Missing could not connect at start .*", worker.output)
     assert warning is not None, worker.output
     assert warning.group(0) == (
-        "storage Missing could not connect at start (ProgrammingError); it will connect on first use; target "
-        f"SqlStorage('postgresql+pg8000://postgres:***@127.0.0.1:5432/{unique}', table_name='selinon_results'): "
-        f'ProgrammingError: 3D000 database "{unique}" does not exist'
+        "storage Missing could not connect at start (OperationalError); it will connect on first use; target "
+        f"SqlStorage('postgresql+psycopg://postgres:***@127.0.0.1:5432/{unique}', table_name='selinon_results'): "
+        f'OperationalError: FATAL: database "{unique}" does not exist'
     )
     assert PASSWORD not in worker.output
     assert error_lines(worker.output) == []

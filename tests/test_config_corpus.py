@@ -58,7 +58,7 @@ EXPECTED: dict[str, tuple[int | None, str | None, str | None, str]] = {
         3,
         "Results",
         None,
-        "storage 'Results': class 'SqlStorag' is not a built-in storage (built-ins: InMemoryStorage, SqlStorage, RedisStorage, MongoStorage, S3Storage); "
+        "storage 'Results': class 'SqlStorag' is not a built-in storage (built-ins: InMemoryStorage, SqlStorage, RedisStorage, MongoStorage, FilesystemStorage, S3Storage); "
         "fix 'classname:' or set 'import:' to the module that defines it",
     ),
     "module_not_importable.yml": (
