@@ -76,13 +76,13 @@ ROOT = Path(__file__).resolve().parent.parent
 POSTGRES = os.environ.get("BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/bench")
 MARIADB = os.environ.get("BENCH_MARIADB", "mysql://root@127.0.0.1:3306/test")
 REDIS_HOST, REDIS_PORT, REDIS_DB = "127.0.0.1", 6379, 9
+#: a PgBouncer in transaction mode in front of POSTGRES's server, for SqlStorage through it (optional)
+PGBOUNCER = os.environ.get("BENCH_PGBOUNCER", "")
 SELINON14_PYTHON = ROOT / ".venv-selinon14" / "bin" / "python"
 FLOW, TASK = "bench_flow", "bench_task"
 RECORDS = records()
 #: below this ratio to the fastest plain client, an adapter fails the benchmark
 THRESHOLD = 0.95
-#: the large record runs this share of the small one's operations per round
-LARGE_SHARE = 0.2
 
 
 class Side:
@@ -106,7 +106,7 @@ class Side:
         #: the client library it runs on, to compare an adapter with the plain client of its own driver
         self.driver = driver
         self.default = default
-        #: the share of each batch it runs (a slow peer runs fewer calls; its rate is per call all the same)
+        #: the share of the rounds it runs in (a slow peer sits some out; its rate is per call all the same)
         self.share = share
         self._store, self._retrieve, self._close = store, retrieve, close
 
@@ -242,6 +242,30 @@ def sql_adapters(url: str, table: str, drivers: list[str]) -> list[Side]:
     return sides
 
 
+def postgresql_variants(table: str) -> Iterator[Side]:
+    """SqlStorage configured for PgBouncer's transaction mode, not held to the threshold: psycopg without
+    server-side prepared statements (PgBouncer before 1.21 cannot keep them), directly and, when
+    BENCH_PGBOUNCER names one, through PgBouncer, like pg8000 (whose statements are unnamed)."""
+    unprepared = {"connect_args": {"prepare_threshold": None}}
+    psycopg_url = POSTGRES.replace("://", "+psycopg://", 1)
+    variants = [
+        (
+            SqlStorage(psycopg_url, table_name=table, engine_options=unprepared),
+            "psycopg, prepare_threshold: null",
+        )
+    ]
+    if PGBOUNCER:
+        variants += [
+            (SqlStorage(PGBOUNCER.replace("://", "+psycopg://", 1), table_name=table, engine_options=unprepared),
+             "psycopg, prepare_threshold: null, through PgBouncer"),
+            (SqlStorage(PGBOUNCER.replace("://", "+pg8000://", 1), table_name=table), "pg8000, through PgBouncer"),
+        ]  # fmt: skip
+    for storage, label in variants:
+        (side,) = adapter_sides(storage, f"SqlStorage ({label})", label, False, managed_too=False)
+        side.role = "variant"
+        yield side
+
+
 def _server_conninfo(url: str, database: str) -> dict[str, Any]:
     where = urlsplit(url)
     return {"host": where.hostname, "port": where.port or 5432, "user": where.username, "dbname": database}
@@ -266,6 +290,7 @@ def postgresql_sides(table: str, tag: str, stack: ExitStack) -> Iterator[Side]:
     select = f"SELECT CAST(result AS TEXT) FROM {table} WHERE task_id = %s"
     # the adapters first: they create the table
     yield from sql_adapters(POSTGRES, table, ["psycopg", "pg8000"])
+    yield from postgresql_variants(table)
     yield from control(
         lambda: plain_sql(
             "psycopg 3", "psycopg", psycopg.connect(**conninfo, autocommit=True), upsert, select
@@ -291,7 +316,7 @@ def celery_database_sides(url: str, tag: str, stack: ExitStack) -> Iterator[Side
     driver = sa.engine.make_url(url.removeprefix("db+")).get_dialect().driver
     tables = {"task": f"celery_{tag}_taskmeta", "group": f"celery_{tag}_groupmeta"}
     _drop_celery_tables(url, _stale_celery_tables(url))  # Celery names its indexes alike for every table
-    for forked, label, share in ((True, "prefork child", 1.0), (False, "threads or solo pool", 0.1)):
+    for forked, label, share in ((True, "prefork child", 1.0), (False, "threads or solo pool", 0.05)):
         app = Celery(f"bench-{tag}", backend=url, set_as_current=False)
         app.conf.update(database_table_names=tables, result_extended=False)
         backend = app.backend
@@ -441,7 +466,7 @@ def mongo_sides(uri: str, table: str) -> Iterator[Side]:
             "collection_name": table + "_s14",
         }
         # Selinon's retrieve scans the collection (no index on task_id) twice: a few calls are enough
-        yield Selinon14Side("mongodb", options, "pymongo", share=0.2)
+        yield Selinon14Side("mongodb", options, "pymongo", share=0.1)
 
 
 def plain_mongo(uri: str, table: str) -> Side:
@@ -485,32 +510,51 @@ def plain_s3(s3: dict[str, Any], bucket: str) -> Side:
 @dataclass
 class Backend:
     name: str
-    #: operations per side per round for the small record
-    ops: int
-    #: calls per batch (about a millisecond's worth or more), for the small record
-    batch: int
+    #: per record size: ids per pass, and calls per batch (about a millisecond's worth or more)
+    plan: dict[str, tuple[int, int]]
     sides: Callable[[], Iterator[Side]]
     cleanup: Callable[[], object] = lambda: None
 
 
 def backends(workdir: Path, stack: ExitStack, tag: str, only: set[str]) -> Iterator[Backend]:
     table = f"bench_{tag}"
+    small, large = RECORDS
     if not only or "postgresql" in only:
         yield Backend(
-            "postgresql", 400, 5, lambda: postgresql_sides(table, tag, stack), lambda: _drop(POSTGRES, table)
+            "postgresql",
+            {small: (300, 5), large: (60, 1)},
+            lambda: postgresql_sides(table, tag, stack),
+            lambda: _drop(POSTGRES, table),
         )
     if not only or "mariadb" in only:
-        yield Backend("mariadb", 300, 10, lambda: mariadb_sides(table), lambda: _drop(MARIADB, table))
+        yield Backend(
+            "mariadb",
+            {small: (300, 10), large: (80, 1)},
+            lambda: mariadb_sides(table),
+            lambda: _drop(MARIADB, table),
+        )
     if not only or "sqlite" in only:
-        yield Backend("sqlite", 2000, 50, lambda: sqlite_sides(workdir / "bench.sqlite3", table))
+        yield Backend(
+            "sqlite",
+            {small: (2000, 50), large: (400, 10)},
+            lambda: sqlite_sides(workdir / "bench.sqlite3", table),
+        )
     if not only or "redis" in only:
-        yield Backend("redis", 1000, 10, lambda: redis_sides(tag), lambda: _forget_redis_keys(tag))
+        yield Backend(
+            "redis",
+            {small: (1000, 10), large: (200, 2)},
+            lambda: redis_sides(tag),
+            lambda: _forget_redis_keys(tag),
+        )
     if not only or "mongodb" in only:
         uri = stack.enter_context(mongo_wire_server(workdir))
-        yield Backend("mongodb (nx-27017)", 300, 10, lambda: mongo_sides(uri, table))
+        yield Backend(
+            "mongodb (nx-27017)", {small: (300, 10), large: (80, 1)}, lambda: mongo_sides(uri, table)
+        )
     if not only or "s3" in only:
         endpoint = stack.enter_context(s3_server(workdir))
-        yield Backend("s3 (moto_server)", 60, 3, lambda: s3_sides(endpoint, table.replace("_", "-")))
+        yield Backend("s3 (moto_server)", {small: (90, 3), large: (40, 1)},
+                      lambda: s3_sides(endpoint, table.replace("_", "-")))  # fmt: skip
 
 
 def _drop(url: str, table: str) -> None:
@@ -540,11 +584,12 @@ class Figures:
     role: str
     driver: str
     default: bool
-    rates: dict[str, list[float]] = field(default_factory=lambda: {"store": [], "retrieve": []})
+    #: None for the rounds the side sat out (see Side.share)
+    rates: dict[str, list[float | None]] = field(default_factory=lambda: {"store": [], "retrieve": []})
     cpu: dict[str, list[float]] = field(default_factory=lambda: {"store": [], "retrieve": []})
 
     def median(self, operation: str) -> float:
-        return statistics.median(self.rates[operation])
+        return statistics.median(rate for rate in self.rates[operation] if rate is not None)
 
     def cpu_us(self, operation: str) -> float:
         """Median CPU microseconds per call in this process (the client's own work)."""
@@ -557,14 +602,17 @@ def measure(sides: list[Side], payload: str, ops: int, passes: int, *, batch: in
     ``passes`` times over ``ops`` ids, stores and retrieves in rounds of their own.
     The collector runs between passes only."""
     starts = range(0, ops, batch)
-    # a side with a share below 1 runs the first part of each batch only
+    # a side with a share below 1 runs in that share of the rounds only (its rates elsewhere are None)
+    every = {side: max(1, round(1 / side.share)) for side in sides}
     chunks = {
-        side: [[f"{tag}-{n}-{i}" for i in range(start, start + max(1, round(min(batch, ops - start) * side.share)))]
-               for start in starts]
+        side: [[f"{tag}-{n}-{i}" for i in range(start, min(start + batch, ops))] for start in starts]
         for n, side in enumerate(sides)
-    }  # fmt: skip
+    }
     for side in sides:
-        side.prepare(payload, [task_id for chunk in chunks[side] for task_id in chunk])
+        side.prepare(
+            payload,
+            [i for index, chunk in enumerate(chunks[side]) if index % every[side] == 0 for i in chunk],
+        )
     figures = {side: Figures(side.label, side.role, side.driver, side.default) for side in sides}
     # a new order every round: which side runs after which (and inherits what it left behind in the
     # server, the kernel and the caches: a slow peer's open transaction, evicted lines) is left to chance
@@ -580,6 +628,9 @@ def measure(sides: list[Side], payload: str, ops: int, passes: int, *, batch: in
                     order = list(sides)
                     shuffle(order)
                     for side in order:
+                        if index % every[side]:
+                            figures[side].rates[operation].append(None)
+                            continue
                         chunk = chunks[side][index]
                         wall, cpu = side.run(operation, payload, chunk)
                         figures[side].rates[operation].append(len(chunk) / wall)
@@ -592,7 +643,7 @@ def measure(sides: list[Side], payload: str, ops: int, passes: int, *, batch: in
 def ratios(side: Figures, reference: Figures, operation: str) -> list[float]:
     """Per round, side/reference, both measured in the same round."""
     pairs = zip(side.rates[operation], reference.rates[operation], strict=True)
-    return [ours / theirs for ours, theirs in pairs]
+    return [ours / theirs for ours, theirs in pairs if ours is not None and theirs is not None]
 
 
 def ratio(side: Figures, reference: Figures, operation: str) -> float:
@@ -601,7 +652,12 @@ def ratio(side: Figures, reference: Figures, operation: str) -> float:
 
 
 def fastest_plain(figures: list[Figures], operation: str) -> Figures:
-    return max((f for f in figures if f.role == "plain"), key=lambda f: f.median(operation))
+    """The plain client that is fastest round by round: the one whose worst median ratio against the
+    other plain clients is highest (medians of rates could disagree with the rounds' ratios)."""
+    plain = [f for f in figures if f.role == "plain"]
+    return max(
+        plain, key=lambda f: min((ratio(f, other, operation) for other in plain if other is not f), default=1)
+    )
 
 
 def is_gated(side: Figures, reference: Figures) -> bool:
@@ -761,9 +817,8 @@ def run_backend(
     try:
         sides.extend(backend.sides())
         for payload in payloads:
-            share = 1.0 if payload == next(iter(RECORDS)) else LARGE_SHARE
-            ops = max(10, int(backend.ops * scale * share))
-            batch = max(1, int(backend.batch * share))
+            planned, batch = backend.plan[payload]
+            ops = max(batch, int(planned * scale))
             figures = measure(sides, payload, ops, passes, batch=batch, tag=f"{tag}-{payload[:2].strip()}")
             rows, failures = report(backend.name, payload, figures)
             results["rows"] += rows
