@@ -144,10 +144,17 @@ class Side:
 class Selinon14Side(Side):
     """A Selinon 1.4 adapter in ``bench_selinon14 --serve``, run in its own venv, one command at a time."""
 
-    def __init__(self, backend: str, options: dict[str, Any], driver: str, share: float = 1.0) -> None:
+    def __init__(
+        self,
+        backend: str,
+        options: dict[str, Any],
+        driver: str,
+        share: float = 1.0,
+        python: Path = SELINON14_PYTHON,
+    ) -> None:
         super().__init__(f"Selinon 1.4 {backend} adapter", "selinon14", driver, share=share)
         self.process = subprocess.Popen(
-            [str(SELINON14_PYTHON), "-m", "integration.bench_selinon14", "--serve"],
+            [str(python), "-m", "integration.bench_selinon14", "--serve"],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -432,8 +439,11 @@ def plain_redis(driver: str, tag: str, hiredis: bool) -> Side:
     def retrieve(task_id: str) -> Any:
         return json.loads(client.get(f"{tag}:plain:{task_id}"))  # type: ignore[arg-type]
 
-    label = driver.replace("+hiredis", " with hiredis")
-    return Side(label, "plain", driver, store, retrieve, close=client.close)
+    return Side(plain_label(driver), "plain", driver, store, retrieve, close=client.close)
+
+
+def plain_label(driver: str) -> str:
+    return driver.replace("+hiredis", " with hiredis")
 
 
 def redis_sides(tag: str) -> Iterator[Side]:
@@ -452,6 +462,11 @@ def redis_sides(tag: str) -> Iterator[Side]:
     if SELINON14_PYTHON.exists():
         options = {"host": REDIS_HOST, "port": REDIS_PORT, "db": REDIS_DB, "prefix": tag}
         yield Selinon14Side("redis", options, "redis-py 5")
+        # the same plain client as the reference, in a process of its own like the Selinon side: how far
+        # a side in another process drifts from one in this process (its ratio should be 1)
+        remote = Selinon14Side("redis-plain", options, fast, python=Path(sys.executable))
+        remote.label, remote.role = f"{plain_label(fast)}, in another process (control)", "control"
+        yield remote
 
 
 def mongo_sides(uri: str, table: str) -> Iterator[Side]:
