@@ -92,6 +92,8 @@ def variants(queue: str, run: Run, postgres: dict[str, str]) -> list[Variant]:
         return lambda: str(task.apply_async(args, queue=queue).id)
 
     storage_db, backend_db = redis.Redis.from_url(f"{REDIS}/12"), redis.Redis.from_url(f"{REDIS}/11")
+    storage_db.ping()  # connected now, so that the connections counted before the worker starts hold them
+    backend_db.ping()
     database = psycopg.connect(POSTGRES, autocommit=True)
 
     def redis_keys(client: redis.Redis, key: Callable[[str], str]) -> Callable[[list[str]], set[str]]:
@@ -150,7 +152,8 @@ def connections() -> dict[str, int]:
     by_db = [int(entry.get("db", -1)) for entry in client.client_list()]
     client.close()
     counts = {"PostgreSQL": int(found[0])}
-    counts.update({f"Redis db {db}": by_db.count(db) for db in (10, 11, 12)})
+    counts["Redis (RedisStorage's db)"] = by_db.count(12)
+    counts["Redis (Celery backend's db)"] = by_db.count(11)
     return counts
 
 
@@ -196,7 +199,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--chart", type=Path)
+    parser.add_argument(
+        "--replot", type=Path, nargs="+", help="draw --chart from --json files, measuring nothing"
+    )
     args = parser.parse_args()
+    if args.replot:
+        runs = [json.loads(path.read_text()) for path in args.replot]
+        chart({pool: rates for run in runs for pool, rates in run["pools"].items()}, args.chart)
+        return
     results: dict[str, dict[str, float]] = {}
     started = time.perf_counter()
     print(

@@ -725,17 +725,21 @@ def report(backend: str, payload: str, figures: list[Figures]) -> tuple[list[dic
 
 
 def peer_rows(backend: str, payload: str, figures: list[Figures]) -> list[dict[str, Any]]:
-    """What tasks call (ManagedStorage over the default adapter) against each peer, per operation."""
-    ours = next((f for f in figures if f.role == "managed" and f.default), None)
+    """What tasks call against each peer, per operation: ManagedStorage over the default adapter and, where
+    the fastest plain client runs on another driver, over the adapter on that driver too."""
+    fastest = fastest_plain(figures, "retrieve").driver
+    ours = [f for f in figures if f.role == "managed" and (f.default or f.driver == fastest)]
     rows = []
-    for peer in figures:
-        if ours is None or peer.role not in ("celery", "selinon14"):
-            continue
-        rows.append({
-            "backend": backend, "record": payload, "ours": ours.label, "peer": peer.label,
-            **{op: {"ours": ours.median(op), "peer": peer.median(op), "ratio": ratio(ours, peer, op)}
-               for op in ("store", "retrieve")},
-        })  # fmt: skip
+    for mine in ours:
+        for peer in figures:
+            if peer.role not in ("celery", "selinon14"):
+                continue
+            rows.append({
+                "backend": backend, "record": payload, "ours": mine.label, "peer": peer.label,
+                "default": mine.default,
+                **{op: {"ours": mine.median(op), "peer": peer.median(op), "ratio": ratio(mine, peer, op)}
+                   for op in ("store", "retrieve")},
+            })  # fmt: skip
     return rows
 
 
@@ -878,60 +882,73 @@ def print_peers(peers: list[dict[str, Any]]) -> None:
         )
 
 
+DRIVER_NAMES = {"psycopg": "psycopg 3", "pg8000": "pg8000", "pymysql": "PyMySQL", "mysqldb": "mysqlclient"}
+
+
 def chart(results: dict[str, Any], path: Path) -> None:
-    """Two panels: each adapter (and ManagedStorage over it) as a ratio of the fastest plain client, per
-    backend and operation (small record); what tasks call against the peers (ratio ours/peer, log scale)."""
+    """Two panels, small record: each adapter held to the threshold (the default configuration, and the
+    adapter on the fastest plain client's driver) and ManagedStorage over it, as a ratio of the fastest
+    plain client; and ManagedStorage against the peers (ratio ours/peer, log scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     small = next(iter(results["sizes"]))
-    rows = [
+    rows = [r for r in results["rows"] if r["record"] == small]
+
+    def group(row: dict[str, Any]) -> str:
+        name = row["backend"].split(" (")[0]
+        driver = DRIVER_NAMES.get(row["driver"])
+        return f"{name}\n{driver}{chr(10) + '(default)' if row['default'] else ''}" if driver else name
+
+    held = [
         r
-        for r in results["rows"]
-        if r["record"] == small and r["role"] in ("adapter", "managed") and r["default"]
+        for r in rows
+        if r["role"] in ("adapter", "managed") and (r["store"]["gated"] or r["retrieve"]["gated"])
     ]
-    peers = [p for p in results["peers"] if p["record"] == small]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]})
-    backends_ = list(dict.fromkeys(r["backend"].split(" (")[0] for r in rows))
-    bars = [("adapter", "store"), ("managed", "store"), ("adapter", "retrieve"), ("managed", "retrieve")]
+    groups = list(dict.fromkeys(group(r) for r in held))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(14, 5.2), gridspec_kw={"width_ratios": [3, 2]})
     width = 0.2
-    for index, (role, op) in enumerate(bars):
-        values = []
-        for backend in backends_:
-            row = next(r for r in rows if r["backend"].split(" (")[0] == backend and r["role"] == role)
-            values.append(row[op]["vs_fastest_plain"])
-        positions = [p + (index - 1.5) * width for p in range(len(backends_))]
+    for index, (role, op) in enumerate(
+        [("adapter", "store"), ("managed", "store"), ("adapter", "retrieve"), ("managed", "retrieve")]
+    ):
+        values = [
+            next(r[op]["vs_fastest_plain"] for r in held if group(r) == g and r["role"] == role)
+            for g in groups
+        ]
+        positions = [p + (index - 1.5) * width for p in range(len(groups))]
         drawn = left.bar(
-            positions, values, width, label=f"{'adapter' if role == 'adapter' else 'ManagedStorage'} {op}"
+            positions, values, width, label=f"{'adapter' if role == 'adapter' else 'ManagedStorage'}, {op}"
         )
-        left.bar_label(drawn, fmt="%.2f", fontsize=7, rotation=90, padding=2)
+        left.bar_label(drawn, fmt="%.2f", fontsize=6, rotation=90, padding=2)
+    controls = [r[op]["vs_same_driver_plain"] for r in rows if r["role"] == "control" and "another process" not in r["side"]
+                for op in ("store", "retrieve")]  # fmt: skip
+    left.axhspan(min(controls), max(controls), color="grey", alpha=0.15,
+                 label=f"control: plain client vs itself ({min(controls):.2f}-{max(controls):.2f})")  # fmt: skip
     left.axhline(THRESHOLD, color="red", linewidth=1, linestyle="--", label=f"{THRESHOLD}x")
-    left.axhline(1.0, color="grey", linewidth=0.6)
-    left.set_xticks(range(len(backends_)), backends_)
-    left.set_ylim(0, 1.35)
-    left.set_ylabel("throughput / fastest plain client")
-    left.set_title(f"Default adapters vs the fastest plain client ({small} record)")
-    left.legend(fontsize=7, loc="lower right", ncol=2)
-    labels = [
-        f"{p['backend'].split(' (')[0]}: {p['peer'].replace(' backend', '').replace('Selinon 1.4 ', 'Selinon 1.4 ')}"
-        for p in peers
-    ]
+    left.set_xticks(range(len(groups)), groups, fontsize=7)
+    left.set_ylim(0, 1.5)
+    left.set_ylabel("throughput / fastest plain client (higher is better)")
+    left.set_title(f"Adapters vs the fastest plain client, {small} record", fontsize=10)
+    left.legend(fontsize=7, loc="upper center", ncol=3)
+    # PostgreSQL: ManagedStorage on psycopg 3, the fastest driver (its rows over pg8000 are in the tables)
+    peers = [p for p in results["peers"] if p["record"] == small and "pg8000" not in p["ours"]]
+    labels = [f"{p['backend'].split(' (')[0]}: vs {p['peer'].replace(' backend', '')}" for p in peers]
     for offset, op in ((-0.2, "store"), (0.2, "retrieve")):
         drawn = right.barh(
             [i + offset for i in range(len(peers))], [p[op]["ratio"] for p in peers], 0.4, label=op
         )
-        right.bar_label(drawn, fmt="%.2f", fontsize=7, padding=2)
+        right.bar_label(drawn, fmt="%.2f", fontsize=6, padding=2)
     right.axvline(1.0, color="grey", linewidth=0.6)
     right.set_xscale("log")
     right.set_yticks(range(len(peers)), labels, fontsize=7)
     right.invert_yaxis()
-    right.set_xlabel("ManagedStorage (default) / peer, log scale")
-    right.set_title("Against what users run today")
+    right.set_xlabel("ManagedStorage / peer, log scale (above 1: ours is faster)")
+    right.set_title("Against what users run today (PostgreSQL: ours on psycopg 3)", fontsize=10)
     right.legend(fontsize=7, loc="lower right")
     figure.suptitle(
-        f"celery-selinon-storage, {results['date']}: each ratio from one run, the median of its rounds",
+        f"celery-selinon-storage, {results['date']}: each figure from one run (the median of its rounds)",
         fontsize=9,
     )
     figure.tight_layout()
