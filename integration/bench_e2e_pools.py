@@ -22,7 +22,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -127,11 +127,13 @@ def variants(queue: str, run: Run, postgres: dict[str, str]) -> list[Variant]:
     return result
 
 
-@dataclass(frozen=True)
+@dataclass
 class Run:
     """Names of one run's keys and tables."""
 
     tag: str
+    #: the workers' queues (their bindings stay in the broker's Redis database until removed)
+    queues: list[str] = field(default_factory=list)
 
     @property
     def table(self) -> str:
@@ -161,6 +163,7 @@ def throughput(pool: str, tasks: int, rounds: int, run: Run, workdir: Path) -> d
     """Median tasks/s of each variant in one worker of ``pool``, and the connections the worker held
     after its warm-up (its process's storages and result backends, idle)."""
     queue = f"bench-{uuid.uuid4().hex[:8]}"
+    run.queues.append(queue)
     storages, postgres = storages_file(workdir, run.tag, run.table)
     all_variants = variants(queue, run, postgres)
     before = connections()
@@ -183,6 +186,9 @@ def throughput(pool: str, tasks: int, rounds: int, run: Run, workdir: Path) -> d
 
 def cleanup(run: Run) -> None:
     storage_db, backend_db = redis.Redis.from_url(f"{REDIS}/12"), redis.Redis.from_url(f"{REDIS}/11")
+    broker = redis.Redis.from_url(f"{REDIS}/10")
+    for queue in run.queues:
+        broker.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
     for client, pattern in ((storage_db, f"{run.tag}:*"), (backend_db, "celery-task-meta-*")):
         keys = list(client.scan_iter(pattern, count=1000))
         for start in range(0, len(keys), 1000):
