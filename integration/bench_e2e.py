@@ -52,11 +52,17 @@ storages:
 
 
 def start_worker(
-    pool: str, concurrency: int, queue: str, storages: Path | None
+    pool: str,
+    concurrency: int,
+    queue: str,
+    storages: Path | None,
+    *,
+    app: str = "integration.bench_app",
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], float]:
-    """A worker and the seconds it took to say it is ready."""
+    """A worker of ``app`` and the seconds it took to say it is ready."""
     log = Path(tempfile.mkstemp(suffix=".log")[1])
-    command = [sys.executable, "-m", "celery", "-A", "integration.bench_app", "worker", "-P", pool, "-c", str(concurrency),
+    command = [sys.executable, "-m", "celery", "-A", app, "worker", "-P", pool, "-c", str(concurrency),
                "-Q", queue, "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
     if storages:
         command += ["--storages", str(storages)]
@@ -67,7 +73,7 @@ def start_worker(
             cwd=ROOT,
             stdout=output,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "BENCH_QUEUE": queue},
+            env={**os.environ, "BENCH_QUEUE": queue, **(env or {})},
         )
     while not READY.search(log.read_text(errors="replace")):
         if worker.poll() is not None:
