@@ -14,7 +14,10 @@ def test_install_adds_the_step_and_the_option() -> None:
     app = Celery("proj", set_as_current=False)
     install(app)
     assert StorageStep in app.steps["worker"]
-    assert sorted(option.name for option in app.user_options["worker"]) == ["storages", "storages_metrics_port"]
+    assert sorted(option.name for option in app.user_options["worker"]) == [
+        "storages",
+        "storages_metrics_port",
+    ]
 
 
 def test_install_twice_is_refused() -> None:
