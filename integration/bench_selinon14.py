@@ -7,7 +7,9 @@ redis-py < 6), so they live in a venv of their own:
     .venv-selinon14/bin/pip install "selinon==1.4.*" "celery>=5,<6" "redis<6" "SQLAlchemy>=1.4,<2" \
         SQLAlchemy-Utils psycopg2-binary pymongo boto3
 
-Run alone, it prints each adapter's ops/s (median of rounds):
+(``bench_vs_plain`` looks for it there, or where BENCH_SELINON14_PYTHON names its Python; a venv inside
+the worktree wants ``.venv-selinon14/`` in .gitignore, which ruff follows.) Run alone, it prints each
+adapter's ops/s (median of rounds):
 
     .venv-selinon14/bin/python -m integration.bench_selinon14 [--rounds 5] [--only postgresql,redis] \
         [--mongo mongodb://127.0.0.1:PORT] [--s3 http://127.0.0.1:PORT]

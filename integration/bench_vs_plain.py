@@ -78,7 +78,8 @@ MARIADB = os.environ.get("BENCH_MARIADB", "mysql://root@127.0.0.1:3306/test")
 REDIS_HOST, REDIS_PORT, REDIS_DB = "127.0.0.1", 6379, 9
 #: a PgBouncer in transaction mode in front of POSTGRES's server, for SqlStorage through it (optional)
 PGBOUNCER = os.environ.get("BENCH_PGBOUNCER", "")
-SELINON14_PYTHON = ROOT / ".venv-selinon14" / "bin" / "python"
+#: the Python of a venv with Selinon 1.4 and its drivers (see bench_selinon14)
+SELINON14_PYTHON = Path(os.environ.get("BENCH_SELINON14_PYTHON", ROOT / ".venv-selinon14" / "bin" / "python"))
 FLOW, TASK = "bench_flow", "bench_task"
 RECORDS = records()
 #: below this ratio to the fastest plain client, an adapter fails the benchmark
@@ -792,7 +793,7 @@ def main() -> None:
           "ops/s: median of the rounds' batches; ratios: median of the rounds' ratios")  # fmt: skip
     if not SELINON14_PYTHON.exists():
         print(
-            f"(Selinon 1.4 skipped: no {SELINON14_PYTHON.relative_to(ROOT)}; see integration/bench_selinon14.py)"
+            f"(Selinon 1.4 skipped: no {SELINON14_PYTHON} (BENCH_SELINON14_PYTHON); see integration/bench_selinon14.py)"
         )
     print(
         "| backend | record | side | store ops/s | vs fastest plain | vs same driver | retrieve ops/s | vs fastest plain | vs same driver | client CPU µs per store / retrieve |"
