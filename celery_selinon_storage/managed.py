@@ -298,9 +298,7 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
             stats.errors += 1
             raise
         finally:
-            stats.calls += 1
-            stats.seconds += time.perf_counter() - started
-            metrics.record_call(self.name, operation, stats, time.perf_counter() - started)
+            self._count(operation, stats, time.perf_counter() - started)
         if inspect.isgenerator(result):
             return self._guarded_steps(result)
         return result
@@ -428,9 +426,7 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
             stats.errors += 1
             raise
         finally:
-            stats.calls += 1
-            stats.seconds += time.perf_counter() - started
-            metrics.record_call(self.name, operation, stats, time.perf_counter() - started)
+            self._count(operation, stats, time.perf_counter() - started)
 
     def _attempt(self, method: Callable[..., T], args: tuple[Any, ...]) -> T:
         # Under the call guard from connect to failure: an adapter's one connection is never made,
@@ -453,6 +449,12 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
             raise
         finally:
             self._call_guard.release()
+
+    def _count(self, operation: str, stats: OperationStats, seconds: float) -> None:
+        """One ended call of ``operation``, in the process's counts and the metrics."""
+        stats.calls += 1
+        stats.seconds += seconds
+        metrics.record_call(self.name, operation, stats, seconds)
 
     def _on_retry(self, operation: str, failures: int, error: BaseException, delay: float) -> None:
         self.stats[operation].retries += 1
