@@ -17,6 +17,7 @@ for folder in ("queue", "control", "results"):
 
 app = Celery("demo", broker="filesystem://", backend=f"file://{DEMO_DIR / 'results'}")
 app.conf.update(
+    broker_transport="integration.demo.transport:Transport",
     broker_transport_options={
         "data_folder_in": str(DEMO_DIR / "queue"),
         "data_folder_out": str(DEMO_DIR / "queue"),
