@@ -403,11 +403,39 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
             )
 
     def _call(self, operation: str, method: Callable[..., T], *args: Any) -> T:
-        self._check_usable()
+        if self._closed or not state.is_this_process(self.pid):
+            self._check_usable()
         stats = self.stats[operation]
         started = time.perf_counter()
         try:
-            return self.retry.call(
+            # The first try is made here, the retries (rare) by the policy: no closure on the hot path.
+            return self._attempt(method, args)
+        except Exception as error:
+            if not self._is_transient(error):
+                stats.errors += 1
+                raise
+            return self._retry(operation, stats, method, args, error=error, started=started)
+        except BaseException:
+            stats.errors += 1
+            raise
+        finally:
+            self._count(operation, stats, time.perf_counter() - started)
+
+    def _retry(
+        self,
+        operation: str,
+        stats: OperationStats,
+        method: Callable[..., T],
+        args: tuple[Any, ...],
+        *,
+        error: Exception,
+        started: float,
+    ) -> T:
+        """The retries of a call whose first try failed with the transient ``error``."""
+        try:
+            return self.retry.retry_after(
+                error,
+                started,
                 lambda: self._attempt(method, args),
                 self._is_transient,
                 lambda failures, error, delay: self._on_retry(operation, failures, error, delay),
@@ -425,8 +453,6 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
         except BaseException:
             stats.errors += 1
             raise
-        finally:
-            self._count(operation, stats, time.perf_counter() - started)
 
     def _attempt(self, method: Callable[..., T], args: tuple[Any, ...]) -> T:
         # Under the call guard from connect to failure: an adapter's one connection is never made,

@@ -10,6 +10,7 @@ lock-wait timeout, and a new try starts only while a whole share is left.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
@@ -56,7 +57,7 @@ class RetryPolicy:
     backoff: FullJitterBackoff = field(default_factory=FullJitterBackoff)
     timeout: float = DEFAULT_TIMEOUT
 
-    @property
+    @functools.cached_property
     def try_timeout(self) -> float:
         """Seconds one try may wait on the server: an equal share of the call's ``timeout``."""
         return self.timeout / self.attempts
@@ -72,24 +73,44 @@ class RetryPolicy:
         ``on_retry(failures, error, delay)`` is told of each retry before its wait. A retry starts only
         if a whole try still fits before the deadline (the wait is shortened to make it fit).
         """
-        deadline = time.monotonic() + self.timeout
+        started = time.perf_counter()
+        try:
+            return do()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            return self.retry_after(exc, started, do, is_transient, on_retry)
+
+    def retry_after(
+        self,
+        first_error: Exception,
+        started: float,
+        do: Callable[[], T],
+        is_transient: Callable[[BaseException], bool],
+        on_retry: Callable[[int, BaseException, float], None] | None = None,
+    ) -> T:
+        """The rest of ``call`` after a first try, begun at ``started`` (``time.perf_counter``), failed
+        with the transient ``first_error``: callers on a hot path make that first try themselves."""
+        deadline = started + self.timeout
         failures = 0
+        error = first_error
         while True:
+            failures += 1
+            if failures >= self.attempts:
+                raise RetriesExhausted(failures) from error
+            spare = deadline - time.perf_counter() - self.try_timeout
+            if spare < 0:
+                raise RetriesExhausted(failures, out_of_time=True) from error
+            delay = min(self.backoff.compute(failures), spare)
+            if on_retry is not None:
+                on_retry(failures, error, delay)
+            time.sleep(delay)  # green under eventlet and gevent
             try:
                 return do()
             except Exception as exc:
                 if not is_transient(exc):
                     raise
-                failures += 1
-                if failures >= self.attempts:
-                    raise RetriesExhausted(failures) from exc
-                spare = deadline - time.monotonic() - self.try_timeout
-                if spare < 0:
-                    raise RetriesExhausted(failures, out_of_time=True) from exc
-                delay = min(self.backoff.compute(failures), spare)
-                if on_retry is not None:
-                    on_retry(failures, exc, delay)
-                time.sleep(delay)  # green under eventlet and gevent
+                error = exc
 
 
 #: What a storage gets when its entry has no ``retry:`` key.
