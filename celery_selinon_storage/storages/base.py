@@ -12,12 +12,12 @@ from __future__ import annotations
 import abc
 import contextlib
 import json
+import re
 import traceback
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from selinon import DataStorage
 
@@ -41,6 +41,10 @@ MAX_KEY_LENGTH = 255
 #: Characters no id or name may hold: C0 controls (NUL, CR, LF, ...) and DEL.
 _CONTROL = frozenset(chr(code) for code in (*range(0x20), 0x7F))
 
+#: One scan for what ``_key_problem`` refuses by character: a control character or a lone surrogate
+#: (which UTF-8 cannot encode). Checked on every call, so one regex pass instead of a set and an encode.
+_REFUSED_CHARACTER = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
 #: Set, to a list, while ``check`` connects a storage: its ``connect`` must then change nothing on the
 #: server (no DDL); what the worker would create at start and is missing (a table) is noted in the list.
 CHECK_NOTES: ContextVar[list[str] | None] = ContextVar("CHECK_NOTES", default=None)
@@ -50,9 +54,11 @@ CHECK_NOTES: ContextVar[list[str] | None] = ContextVar("CHECK_NOTES", default=No
 to_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
 
-@dataclass(frozen=True)
-class Record:
-    """One checked record, ready to write: its keys and its result as JSON text and UTF-8 bytes."""
+class Record(NamedTuple):
+    """One checked record, ready to write: its keys and its result as JSON text and UTF-8 bytes.
+
+    A named tuple: one is made for every store, and a tuple is built faster than a frozen dataclass.
+    """
 
     task_id: str
     flow_name: str
@@ -223,6 +229,16 @@ class JsonStorage(DataStorage):  # type: ignore[misc]
 
     def check_keys(self, task_id: Any, flow_name: Any, task_name: Any) -> None:
         """Ids and names are text of at most 255 characters, with no control characters."""
+        if (
+            isinstance(task_id, str)
+            and isinstance(flow_name, str)
+            and isinstance(task_name, str)
+            and 0 < len(task_id) <= MAX_KEY_LENGTH
+            and len(flow_name) <= MAX_KEY_LENGTH
+            and len(task_name) <= MAX_KEY_LENGTH
+            and _REFUSED_CHARACTER.search(task_id + flow_name + task_name) is None
+        ):
+            return  # the common case; otherwise find which key is refused, and why
         for what, value in (("task id", task_id), ("flow name", flow_name), ("task name", task_name)):
             problem = _key_problem(value)
             if problem is None and what == "task id" and not value:

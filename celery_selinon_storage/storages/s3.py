@@ -6,7 +6,6 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
@@ -269,7 +268,7 @@ class SelinonS3Storage(S3Storage):
     def record(self, node_args: Any, flow_name: str, task_name: str, task_id: str, result: Any) -> Record:
         if self.serialize_json:
             checked = super().record(node_args, flow_name, task_name, task_id, result)
-            return replace(checked, data=selinon_json(result).encode("ascii"))
+            return checked._replace(data=selinon_json(result).encode("ascii"))
         self.check_keys(task_id, flow_name, task_name)
         if not isinstance(result, (bytes, bytearray, memoryview)):
             raise ResultNotSerializableError(
