@@ -9,6 +9,7 @@ a connection pooler: each call in a transaction of its own, see ``pg_drivers``).
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import re
 import socket
@@ -271,8 +272,11 @@ class SqlStorage(JsonStorage):
         """MariaDB/MySQL drop a connection whose statement exceeds max_allowed_packet: refuse it first."""
         texts = (record.task_id, record.flow_name, record.task_name, node_args)
         encoded = [record.data, *(text.encode() for text in texts)]
-        size = _STATEMENT_OVERHEAD + sum(
-            len(value) + sum(value.count(byte) for byte in _ESCAPED_BYTES) for value in encoded
+        raw = sum(len(value) for value in encoded)
+        if _STATEMENT_OVERHEAD + 2 * raw <= limit:
+            return  # escaping at most doubles a value: no need to count the escapes
+        size = (
+            _STATEMENT_OVERHEAD + raw + sum(value.count(byte) for value in encoded for byte in _ESCAPED_BYTES)
         )
         if size > limit:
             raise ResultTooLargeError(
@@ -380,6 +384,11 @@ class _Statements:
             ),
             "delete": (table.delete().where(table.c.task_id == sa.bindparam("task_id")), ("task_id",)),
         }
+        if dialect.paramstyle == "pyformat":
+            # psycopg, PyMySQL and mysqlclient take "%s" with a tuple as well as "%(name)s" with a dict;
+            # a tuple is cheaper to build and to bind on every call
+            dialect = copy.copy(dialect)
+            dialect.paramstyle, dialect.positional = "format", True
         sql: dict[str, str] = {}
         order: dict[str, tuple[int, ...] | None] = {}
         names: dict[str, tuple[str, ...]] = {}
