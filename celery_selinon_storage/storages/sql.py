@@ -27,7 +27,7 @@ from ..errors import (
     ResultTooLargeError,
 )
 from ..secrets import mask_url
-from . import pg_drivers
+from . import abandoned_sessions, pg_drivers
 from .base import CHECK_NOTES, JsonStorage, Record, require_utf8, to_json
 
 #: SQLAlchemy 2 no longer accepts the ``postgres://`` scheme that Selinon's docs write.
@@ -86,6 +86,12 @@ class _Session:
     legacy_jsonb: bool = False
     #: pg8000 behind a connection pooler: each call is a transaction of its own, committed
     commit_each: bool = False
+    #: PostgreSQL behind a connection pooler (PgBouncer): the session seen is not the server's
+    behind_pooler: bool = False
+    #: the server's id of this session, to end it if it is dropped mid-statement (see abandoned_sessions)
+    server_session: abandoned_sessions.SessionKey | None = None
+    #: a statement was sent and its answer not yet read
+    in_exchange: bool = False
 
 
 class SqlStorage(JsonStorage):
@@ -114,6 +120,8 @@ class SqlStorage(JsonStorage):
         self.table_name = table_name
         self.engine_options = dict(engine_options or {})
         self._lost_connection_errors: tuple[type[BaseException], ...] = (OSError,)
+        #: server sessions dropped mid-statement, ended before the next connection's first statement
+        self._abandoned_sessions: list[abandoned_sessions.SessionKey] = []
 
     def _table(self, dialect: str, jsonb: bool = False) -> sa.Table:
         """The results table (JSONB results: a table made by version 0.1)."""
@@ -186,9 +194,20 @@ class SqlStorage(JsonStorage):
         dbapi = engine.dialect.loaded_dbapi
         # OSError: pg8000 lets a socket timeout out unwrapped, and the socket is useless after it
         self._lost_connection_errors = (dbapi.OperationalError, dbapi.InterfaceError, OSError)
-        return _Session(engine, connection, engine.dialect.name, commit_each=commit_each)
+        return _Session(
+            engine,
+            connection,
+            engine.dialect.name,
+            commit_each=commit_each,
+            behind_pooler=connector.behind_pooler,
+        )
 
     def _verify(self, handle: _Session) -> None:
+        if self._abandoned_sessions:
+            abandoned_sessions.end_sessions(
+                handle.connection, handle.dialect, self._abandoned_sessions, self.wait_timeout
+            )
+            self._abandoned_sessions.clear()
         notes = CHECK_NOTES.get()
         if notes is not None and not sa.inspect(handle.connection).has_table(self.table_name):
             notes.append(f"table {self.table_name} does not exist (the worker creates it at start)")
@@ -202,6 +221,8 @@ class SqlStorage(JsonStorage):
             _refuse_folding_task_ids(handle.connection, self.table_name, self.label)
             limit: Any = handle.connection.exec_driver_sql("SELECT @@max_allowed_packet").scalar()
             handle.max_statement_bytes = int(limit)
+        if not handle.behind_pooler:
+            handle.server_session = abandoned_sessions.server_session(handle.dialect, handle.connection)
         if handle.commit_each:
             handle.connection.commit()
         handle.driver_connection = handle.connection.connection.driver_connection
@@ -212,6 +233,8 @@ class SqlStorage(JsonStorage):
         # resets it (a rollback), and on a connection interrupted mid-exchange the reset fails and
         # leaves the socket open. Invalidating closes the driver's connection without a word to the
         # server; in autocommit there is nothing to roll back.
+        if handle.in_exchange and handle.server_session is not None:
+            self._abandoned_sessions.append(handle.server_session)
         driver_connection = handle.connection.connection.driver_connection
         raw_socket = _driver_socket(driver_connection)
         try:
@@ -286,10 +309,12 @@ class SqlStorage(JsonStorage):
     def _execute(self, session: _Session, name: str, values: tuple[Any, ...]) -> Any:
         assert session.statements is not None  # compiled when the connection was verified
         sql, arguments = session.statements.bind(name, values)
+        session.in_exchange = True
         try:
             session.cursor.execute(sql, arguments)
             if session.commit_each:
                 session.driver_connection.commit()
+            session.in_exchange = False
         except Exception as exc:
             if _error_code(exc) in _LOST_PREPARED_STATEMENT:
                 self.disconnect()  # psycopg's list of what it prepared is wrong: start afresh
