@@ -77,9 +77,21 @@ class RedisStorage(JsonStorage):
             "socket_timeout": socket_timeout or self.wait_timeout,
             "socket_connect_timeout": connect_timeout or self.wait_timeout,
         }
-        if self._url:
-            return redis.Redis.from_url(self._url, **options)
-        return redis.Redis(**options)
+        if options["max_connections"] is None:
+            if self._url:
+                return redis.Redis.from_url(self._url, **options)
+            return redis.Redis(**options)
+        # A capped pool that blocks: a caller beyond the cap waits (a try's share of the timeout) for a
+        # connection to come back, where redis-py's default pool would fail it at once.
+        pool_options = {**options, "timeout": self.wait_timeout}
+        if pool_options.pop("ssl", False):
+            pool_options["connection_class"] = redis.SSLConnection
+        pool = (
+            redis.BlockingConnectionPool.from_url(self._url, **pool_options)
+            if self._url
+            else redis.BlockingConnectionPool(**pool_options)  # type: ignore[no-untyped-call]
+        )
+        return redis.Redis(connection_pool=pool, retry=options["retry"])
 
     def _verify(self, handle: redis.Redis) -> None:
         handle.ping()
