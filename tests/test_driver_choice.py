@@ -1,8 +1,9 @@
-"""Which driver a PostgreSQL storage uses, and what it takes from the URL (issue #13).
+"""Which driver a PostgreSQL or MariaDB storage uses, and what it takes from the URL (issue #13).
 
 * The driver follows the runtime when the storage connects: psycopg under prefork, solo, threads and gevent,
-  pg8000 where eventlet's monkey-patching is active, in real workers and in scripts that call
-  ``open_storages``; a driver named in the URL is always used.
+  pg8000 where eventlet's monkey-patching is active; for MariaDB mysqlclient where no green monkey-patching
+  is active, else PyMySQL; in real workers and in scripts that call ``open_storages``; a driver named in
+  the URL is always used.
 * libpq's URL options (``?sslmode=...``, as Selinon's published nodes.yml files write) work with both
   drivers, on a PostgreSQL of the test's own that speaks TLS; what pg8000 cannot honour is one line.
 * A call that overruns its deadline lets its connection go at once, with either driver: the server is not
@@ -49,6 +50,8 @@ pytestmark = [pytest.mark.service, pytest.mark.timeout(180)]
 CONNECTION_MODULES = {
     "psycopg": "celery_selinon_storage.storages.psycopg_deadlines",
     "pg8000": "pg8000.legacy",
+    "mysqldb": "MySQLdb.connections",
+    "pymysql": "pymysql.connections",
 }
 
 
@@ -67,16 +70,21 @@ def selinon_url(postgres_url: str) -> str:
     return postgres_url.replace("postgresql://", "postgres://", 1) + "?sslmode=disable"
 
 
-def write_storages(tmp_path: Path, url: str, table: str) -> Path:
+def write_storages(tmp_path: Path, url: str, table: str, mariadb_url: str | None = None) -> Path:
     path = tmp_path / "storages.yml"
-    path.write_text(
-        f"""\
+    text = f"""\
 storages:
   - name: Results
     classname: SqlStorage
     configuration: {{connection_string: "{url}", table_name: {table}}}
 """
-    )
+    if mariadb_url is not None:
+        text += f"""\
+  - name: MariaResults
+    classname: SqlStorage
+    configuration: {{connection_string: "{mariadb_url}", table_name: {table}}}
+"""
+    path.write_text(text)
     return path
 
 
@@ -90,28 +98,34 @@ def table(postgres_url: str, unique: str) -> Iterator[str]:
 # -- real workers ---------------------------------------------------------------------------------
 
 POOLS = [
-    pytest.param("prefork", 1, "psycopg", id="prefork"),
-    pytest.param("solo", 1, "psycopg", id="solo"),
-    pytest.param("threads", 2, "psycopg", id="threads"),
-    pytest.param("gevent", 2, "psycopg", id="gevent"),
-    pytest.param("eventlet", 2, "pg8000", id="eventlet"),
+    pytest.param("prefork", 1, ("psycopg", "mysqldb"), id="prefork"),
+    pytest.param("solo", 1, ("psycopg", "mysqldb"), id="solo"),
+    pytest.param("threads", 2, ("psycopg", "mysqldb"), id="threads"),
+    pytest.param("gevent", 2, ("psycopg", "pymysql"), id="gevent"),
+    pytest.param("eventlet", 2, ("pg8000", "pymysql"), id="eventlet"),
 ]
 
 
 @pytest.mark.worker
 @pytest.mark.parametrize(("pool", "concurrency", "driver"), POOLS)
-def test_a_worker_connects_its_postgres_storage_with_the_driver_of_its_pool(
-    pool: str, concurrency: int, driver: str, postgres_url: str, table: str, tmp_path: Path, queue: str,
-    workers: Callable[..., WorkerProcess],
+def test_a_worker_connects_its_sql_storages_with_the_drivers_of_its_pool(
+    pool: str, concurrency: int, driver: tuple[str, str], postgres_url: str, mariadb_url: str, table: str,
+    tmp_path: Path, queue: str, workers: Callable[..., WorkerProcess],
 ) -> None:  # fmt: skip
-    storages = write_storages(tmp_path, selinon_url(postgres_url), table)
+    storages = write_storages(tmp_path, selinon_url(postgres_url), table, mariadb_url)
     worker = workers(
         storages=storages, pool=pool, concurrency=concurrency, queue=queue,
         extra=("--include", "tests.test_driver_choice"),
     ).start().wait_ready()  # fmt: skip
-    reported = storage_driver.apply_async(("Results",), queue=queue).get(timeout=60)
-    assert worker.stop() == 0, worker.output
-    assert reported == [driver, CONNECTION_MODULES[driver]], worker.output
+    try:
+        reported = [
+            storage_driver.apply_async((name,), queue=queue).get(timeout=60)
+            for name in ("Results", "MariaResults")
+        ]
+        assert worker.stop() == 0, worker.output
+        assert reported == [[name, CONNECTION_MODULES[name]] for name in driver], worker.output
+    finally:
+        drop_table(mariadb_url, table)
 
 
 # -- scripts that call open_storages --------------------------------------------------------------
@@ -121,6 +135,7 @@ PATCHES = {
     "eventlet": "import eventlet; eventlet.monkey_patch()",
     "gevent": "from gevent import monkey; monkey.patch_all()",
     "no psycopg": "import sys; sys.modules['psycopg'] = None  # as if it were not installed",
+    "no mysqlclient": "import sys; sys.modules['MySQLdb'] = None  # as if it were not installed",
 }
 SCRIPT = """\
 {patch}
@@ -173,6 +188,28 @@ def test_open_storages_in_a_script_chooses_by_the_patching_and_respects_a_named_
             "INFO PostgreSQL storages use pg8000: psycopg cannot be imported (import of psycopg halted; None in "
             "sys.modules); pip install 'celery-selinon-storage[sql]' for psycopg, the faster driver"
         ], run.stderr
+
+
+@pytest.mark.parametrize(
+    ("patch", "driver_named", "expected"),
+    [
+        ("none", None, "mysqldb"),
+        ("eventlet", None, "pymysql"),
+        ("gevent", None, "pymysql"),
+        ("no mysqlclient", None, "pymysql"),
+        ("none", "pymysql", "pymysql"),
+    ],
+)
+def test_open_storages_chooses_mysqlclient_unless_a_green_patching_is_active(
+    patch: str, driver_named: str | None, expected: str, mariadb_url: str, unique: str, tmp_path: Path
+) -> None:
+    url = with_driver(mariadb_url, driver_named) if driver_named else mariadb_url
+    try:
+        run = run_script(patch, write_storages(tmp_path, url, unique))
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout.splitlines()[-1]) == expected, run.stderr
+    finally:
+        drop_table(mariadb_url, unique)
 
 
 # -- libpq's URL options, with both drivers ------------------------------------------------------

@@ -124,7 +124,8 @@ def psycopg_configuration(url: str, unique: str, seconds: float | None) -> dict[
 def mariadb_configuration(url: str, unique: str, seconds: float | None) -> dict[str, Any]:
     options: dict[str, Any] = {"connection_string": url, "table_name": unique}
     if seconds is not None:
-        # PyMySQL: connect_timeout covers the TCP connect only; the handshake is a read
+        # PyMySQL: connect_timeout covers the TCP connect only; the handshake is a read. mysqlclient: the
+        # same names, in whole seconds
         timeouts = {"connect_timeout": seconds, "read_timeout": seconds, "write_timeout": seconds}
         options["engine_options"] = {"connect_args": timeouts}
     return options
@@ -159,8 +160,11 @@ BACKENDS = [
     Backend("postgres-psycopg", "SqlStorage", "own_postgres",
             lambda port: f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", psycopg_configuration,
             bounds_reads_by_its_options=False, connects_in_python=False),
-    Backend("mariadb", "SqlStorage", "own_mariadb", lambda port: f"mysql://root@127.0.0.1:{port}/test",
+    Backend("mariadb", "SqlStorage", "own_mariadb", lambda port: f"mysql+pymysql://root@127.0.0.1:{port}/test",
             mariadb_configuration),
+    Backend("mariadb-mysqlclient", "SqlStorage", "own_mariadb",
+            lambda port: f"mysql+mysqldb://root@127.0.0.1:{port}/test", mariadb_configuration,
+            connects_in_python=False),
     Backend("mongo", "MongoStorage", "own_mongo", lambda port: f"mongodb://127.0.0.1:{port}",
             mongo_configuration, one_connection_per_try=False),
     Backend("s3", "S3Storage", "own_moto", lambda port: f"http://127.0.0.1:{port}", s3_configuration),
@@ -406,6 +410,8 @@ def count_connects(monkeypatch: pytest.MonkeyPatch, port: int, backend: Backend)
     the connections themselves are real. libpq connects in C: psycopg's connection attempts are counted
     (each one a connect by libpq)."""
     seen: list[int] = []
+    if backend.name == "mariadb-mysqlclient":
+        return count_mysqlclient_attempts(monkeypatch, port, seen)
     if not backend.connects_in_python:
         return count_psycopg_attempts(monkeypatch, port, seen)
     original = socket.socket.connect
@@ -416,6 +422,21 @@ def count_connects(monkeypatch: pytest.MonkeyPatch, port: int, backend: Backend)
         original(sock, address)
 
     monkeypatch.setattr(socket.socket, "connect", connect)
+    return seen
+
+
+def count_mysqlclient_attempts(monkeypatch: pytest.MonkeyPatch, port: int, seen: list[int]) -> list[int]:
+    """mysqlclient connects in C: each ``MySQLdb.connect`` to ``port`` is one connection."""
+    import MySQLdb
+
+    original = MySQLdb.connect
+
+    def connect(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("port") == port:
+            seen.append(port)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(MySQLdb, "connect", connect)
     return seen
 
 

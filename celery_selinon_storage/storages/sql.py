@@ -27,16 +27,20 @@ from ..errors import (
     ResultTooLargeError,
 )
 from ..secrets import mask_url
-from . import abandoned_sessions, pg_drivers
+from . import abandoned_sessions, mysql_drivers, pg_drivers
 from .base import CHECK_NOTES, JsonStorage, Record, require_utf8, to_json
 
 #: SQLAlchemy 2 no longer accepts the ``postgres://`` scheme that Selinon's docs write.
 _SCHEME_ALIASES = {"postgres": "postgresql"}
 
-#: Driver used when the URL names none. MySQL/MariaDB: PyMySQL, pure Python, whose sockets eventlet's
-#: and gevent's monkey-patching make green (mysqlclient's C waits know neither). PostgreSQL: chosen when
-#: the storage connects, psycopg unless eventlet's monkey-patching is active (see ``pg_drivers``).
-DEFAULT_DRIVERS = {"mysql": "pymysql", "mariadb": "pymysql"}
+#: The driver for a URL that names none is chosen when the storage connects, from what the process runs:
+#: PostgreSQL psycopg unless eventlet's monkey-patching is active (``pg_drivers``), MariaDB/MySQL
+#: mysqlclient where installed and no green monkey-patching is active, else PyMySQL (``mysql_drivers``).
+_DRIVER_CHOICE = {
+    "postgresql": pg_drivers.default_driver,
+    "mysql": mysql_drivers.default_driver,
+    "mariadb": mysql_drivers.default_driver,
+}
 
 _COLUMNS = ("task_id", "flow_name", "task_name", "node_args", "result")
 
@@ -160,9 +164,10 @@ class SqlStorage(JsonStorage):
 
     def _url_now(self) -> Any:
         """The URL to connect with now: a PostgreSQL URL that names no driver gets the runtime's."""
-        if self._driver_named or self.url.get_backend_name() != "postgresql":
+        choose = _DRIVER_CHOICE.get(self.url.get_backend_name())
+        if self._driver_named or choose is None:
             return self.url
-        return self.url.set(drivername=f"postgresql+{pg_drivers.default_driver()}")
+        return self.url.set(drivername=f"{self.url.get_backend_name()}+{choose()}")
 
     def _open(self) -> _Session:
         self.url = url = self._url_now()
@@ -480,10 +485,9 @@ def _database_url(connection_string: str) -> Any:
     dialect = _SCHEME_ALIASES.get(url.get_backend_name(), url.get_backend_name())
     if "+" in url.drivername:
         driver: str | None = url.get_driver_name()
-    elif dialect == "postgresql":
-        driver = pg_drivers.default_driver()
     else:
-        driver = DEFAULT_DRIVERS.get(dialect)
+        choose = _DRIVER_CHOICE.get(dialect)
+        driver = None if choose is None else choose()
     url = url.set(drivername=f"{dialect}+{driver}" if driver else dialect)
     if driver == pg_drivers.PG8000:
         pg_drivers.pg8000_options(url.query)  # refuses a libpq option it cannot honour, now
@@ -655,6 +659,12 @@ _DRIVER_TIMEOUTS: dict[str, Any] = {
         "connect_timeout": seconds,
         "read_timeout": seconds,
         "write_timeout": seconds,
+    },
+    # the C client's connect, read and write timeouts: whole seconds, at least 1
+    "mysqldb": lambda seconds: {
+        "connect_timeout": max(1, math.ceil(seconds)),
+        "read_timeout": max(1, math.ceil(seconds)),
+        "write_timeout": max(1, math.ceil(seconds)),
     },
     # how long to wait for another connection's lock (SQLite's busy timeout)
     "pysqlite": lambda seconds: {"timeout": seconds},
