@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests import hypothesis_profiles
+from tests.green_queries import with_driver
 from tests.servers import mongo_wire_server, s3_server
 from tests.services import MARIADB_URL, MONGO_URI, POSTGRES_URL, REDIS_URL, S3_ENDPOINT, require_server
 from tests.workers import WorkerProcess
@@ -30,6 +31,14 @@ def postgres_url() -> str:
 
 @pytest.fixture
 def mariadb_url() -> str:
+    """The test MariaDB, on PyMySQL: the tests that interrupt a driver mid-exchange reach its I/O only
+    in Python (mysqlclient's is in C). ``mariadb_server_url`` leaves the driver to the storage."""
+    return with_driver(require_server(MARIADB_URL, "MariaDB"), "pymysql")
+
+
+@pytest.fixture
+def mariadb_server_url() -> str:
+    """The test MariaDB's URL as the user wrote it: a URL naming no driver gets the storage's choice."""
     return require_server(MARIADB_URL, "MariaDB")
 
 

@@ -34,6 +34,7 @@ URLS: dict[str, tuple[str, str]] = {
     "postgresql-psycopg": ("postgres_url", "psycopg"),
     "postgresql-pg8000": ("postgres_url", "pg8000"),
     "mariadb-pymysql": ("mariadb_url", "pymysql"),
+    "mariadb-mysqlclient": ("mariadb_url", "mysqldb"),
 }
 
 

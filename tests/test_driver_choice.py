@@ -109,10 +109,10 @@ POOLS = [
 @pytest.mark.worker
 @pytest.mark.parametrize(("pool", "concurrency", "driver"), POOLS)
 def test_a_worker_connects_its_sql_storages_with_the_drivers_of_its_pool(
-    pool: str, concurrency: int, driver: tuple[str, str], postgres_url: str, mariadb_url: str, table: str,
+    pool: str, concurrency: int, driver: tuple[str, str], postgres_url: str, mariadb_server_url: str, table: str,
     tmp_path: Path, queue: str, workers: Callable[..., WorkerProcess],
 ) -> None:  # fmt: skip
-    storages = write_storages(tmp_path, selinon_url(postgres_url), table, mariadb_url)
+    storages = write_storages(tmp_path, selinon_url(postgres_url), table, mariadb_server_url)
     worker = workers(
         storages=storages, pool=pool, concurrency=concurrency, queue=queue,
         extra=("--include", "tests.test_driver_choice"),
@@ -125,7 +125,7 @@ def test_a_worker_connects_its_sql_storages_with_the_drivers_of_its_pool(
         assert worker.stop() == 0, worker.output
         assert reported == [[name, CONNECTION_MODULES[name]] for name in driver], worker.output
     finally:
-        drop_table(mariadb_url, table)
+        drop_table(mariadb_server_url, table)
 
 
 # -- scripts that call open_storages --------------------------------------------------------------
@@ -201,15 +201,15 @@ def test_open_storages_in_a_script_chooses_by_the_patching_and_respects_a_named_
     ],
 )
 def test_open_storages_chooses_mysqlclient_unless_a_green_patching_is_active(
-    patch: str, driver_named: str | None, expected: str, mariadb_url: str, unique: str, tmp_path: Path
+    patch: str, driver_named: str | None, expected: str, mariadb_server_url: str, unique: str, tmp_path: Path
 ) -> None:
-    url = with_driver(mariadb_url, driver_named) if driver_named else mariadb_url
+    url = with_driver(mariadb_server_url, driver_named) if driver_named else mariadb_server_url
     try:
         run = run_script(patch, write_storages(tmp_path, url, unique))
         assert run.returncode == 0, run.stderr
         assert json.loads(run.stdout.splitlines()[-1]) == expected, run.stderr
     finally:
-        drop_table(mariadb_url, unique)
+        drop_table(mariadb_server_url, unique)
 
 
 # -- libpq's URL options, with both drivers ------------------------------------------------------

@@ -143,9 +143,10 @@ def test_which_sql_drivers_let_the_hub_run_during_a_query(
 
 
 def test_the_default_drivers_outside_eventlet() -> None:
+    """psycopg, and mysqlclient (which the suite's set-up builds: scripts/services)."""
     assert SqlStorage("postgresql://h/db").url.drivername == "postgresql+psycopg"
-    assert SqlStorage("mariadb://h/db").url.drivername == "mariadb+pymysql"
-    assert SqlStorage("mysql://h/db").url.drivername == "mysql+pymysql"
+    assert SqlStorage("mariadb://h/db").url.drivername == "mariadb+mysqldb"
+    assert SqlStorage("mysql://h/db").url.drivername == "mysql+mysqldb"
 
 
 # -- Redis ---------------------------------------------------------------------------------
