@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import pymongo
 import pytest
 import redis
+import redis.utils
 import sqlalchemy as sa
 from celery.exceptions import SoftTimeLimitExceeded
 from hypothesis import strategies as st
@@ -532,8 +533,9 @@ def _backend(
         return Backend(name, make, injector, frozenset({"pymysql.connections"}), events=11)
     if name == "redis":
         make = _redis(request.getfixturevalue("redis_url"), request, unique)
-        drivers = frozenset({"redis.connection", "redis._parsers.socket"})
-        return Backend(name, make, injector, drivers, events=3)
+        # hiredis (the [redis] extra) reads a reply in one receive; redis-py's own parser in two
+        drivers = frozenset({"redis.connection", "redis._parsers.socket", "redis._parsers.hiredis"})
+        return Backend(name, make, injector, drivers, events=2 if redis.utils.HIREDIS_AVAILABLE else 3)
     if name == "mongo":
         make = _mongo(request.getfixturevalue("mongo_uri"), request, unique)
         # after a reset connection pymongo waits for its monitor (half a second) before the next call
