@@ -311,9 +311,7 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
         adapter's answer (a missing row, a refused value), and its connection stays.
         """
         if not self._call_guard.acquire(timeout=self.retry.try_timeout):
-            raise StorageBusyError(
-                f"storage {self.name!r} stayed busy for {self.retry.try_timeout:g} s (another call holds it)"
-            )
+            raise self._busy()
         try:
             if not self.adapter.is_connected():
                 self.connect()
@@ -403,13 +401,29 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
             )
 
     def _call(self, operation: str, method: Callable[..., T], *args: Any) -> T:
-        if self._closed or not state.is_this_process(self.pid):
+        # Every store and retrieve runs this: each Python-level call here costs about as much as the
+        # rest of it, so the first try is inlined (``_attempt`` makes the retries), a concurrency-safe
+        # adapter's no-op guard is not called, and the metrics only when they are on.
+        if self._closed or self.pid != state.this_pid:
             self._check_usable()
         stats = self.stats[operation]
+        guard = None if self.concurrency_safe else self._call_guard
         started = time.perf_counter()
         try:
-            # The first try is made here, the retries (rare) by the policy: no closure on the hot path.
-            return self._attempt(method, args)
+            if guard is not None and not guard.acquire(timeout=self.retry.try_timeout):
+                raise self._busy()
+            try:
+                if not self.adapter.is_connected():
+                    self.connect()
+                return method(*args)
+            except StorageError:
+                raise
+            except BaseException:
+                self._drop_connection()
+                raise
+            finally:
+                if guard is not None:
+                    guard.release()
         except Exception as error:
             if not self._is_transient(error):
                 stats.errors += 1
@@ -419,7 +433,11 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
             stats.errors += 1
             raise
         finally:
-            self._count(operation, stats, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            stats.calls += 1
+            stats.seconds += seconds
+            if metrics.recording:
+                metrics.record_call(self.name, operation, stats, seconds)
 
     def _retry(
         self,
@@ -454,14 +472,17 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
             stats.errors += 1
             raise
 
+    def _busy(self) -> StorageBusyError:
+        return StorageBusyError(
+            f"storage {self.name!r} stayed busy for {self.retry.try_timeout:g} s (another call holds it)"
+        )
+
     def _attempt(self, method: Callable[..., T], args: tuple[Any, ...]) -> T:
         # Under the call guard from connect to failure: an adapter's one connection is never made,
         # used or dropped while another thread or greenlet is using it. Waiting for the guard counts
         # as waiting on the server: a call stuck on a frozen server holds it.
         if not self._call_guard.acquire(timeout=self.retry.try_timeout):
-            raise StorageBusyError(
-                f"storage {self.name!r} stayed busy for {self.retry.try_timeout:g} s (another call holds it)"
-            )
+            raise self._busy()
         try:
             if not self.adapter.is_connected():
                 self.connect()  # the server was down at start, or dropped us: connect on use
@@ -480,7 +501,8 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
         """One ended call of ``operation``, in the process's counts and the metrics."""
         stats.calls += 1
         stats.seconds += seconds
-        metrics.record_call(self.name, operation, stats, seconds)
+        if metrics.recording:
+            metrics.record_call(self.name, operation, stats, seconds)
 
     def _on_retry(self, operation: str, failures: int, error: BaseException, delay: float) -> None:
         self.stats[operation].retries += 1

@@ -117,6 +117,10 @@ class _Series:
 
 _recorder: _Recorder | None = None
 
+#: Whether calls are recorded in this process: read on every storage call (a module attribute is cheaper
+#: than calling ``record_call`` to find out).
+recording = False
+
 
 def record_call(storage: str, operation: str, stats: ErrorCount, seconds: float) -> None:
     """Count one ended call of ``storage`` (``ManagedStorage``), a failure when ``stats.errors`` grew."""
@@ -132,9 +136,10 @@ def record_retry(storage: str, operation: str) -> None:
 
 def enable() -> None:
     """Record from now on in this process (and in the processes it forks)."""
-    global _recorder
+    global _recorder, recording
     if _recorder is None:
         _recorder = _Recorder()
+    recording = True
 
 
 # -- configuration ----------------------------------------------------------------------------------

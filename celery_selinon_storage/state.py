@@ -36,14 +36,14 @@ _failure: tuple[int, str] | None = None
 _plan: ChildPlan | None = None
 
 
-#: This process's id, kept up to date across forks: every storage call asks, and ``os.getpid`` is a
-#: system call.
-_pid = os.getpid()
+#: This process's id, kept up to date across forks (read it as ``state.this_pid``): every storage call
+#: asks, and ``os.getpid`` is a system call.
+this_pid = os.getpid()
 
 
 def _after_fork_in_child() -> None:
-    global _pid
-    _pid = os.getpid()
+    global this_pid
+    this_pid = os.getpid()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -51,7 +51,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def is_this_process(pid: int) -> bool:
     """Whether ``pid`` is the calling process (objects made before a fork belong to the parent)."""
-    return pid == _pid
+    return pid == this_pid
 
 
 def current() -> ProcessStorages | None:
