@@ -79,6 +79,9 @@ class MongoStorage(JsonStorage):
             f"collection_name={self.collection_name!r})"
         )
 
+    #: (client, its collection): what ``_collection`` built for the open client
+    _made_collection: tuple[Any, Any] | None = None
+
     def _open(self) -> Any:
         # each wait (server selection, connect, a reply) gets the try's share of the storage's timeout,
         # unless server_selection_timeout_ms says otherwise for all of them
@@ -95,7 +98,14 @@ class MongoStorage(JsonStorage):
         handle.admin.command("ping")
 
     def _collection(self) -> Any:
-        return self.handle()[self.db_name][self.collection_name]
+        """The collection on the open client, built once per client (building one makes a new
+        ``Database`` and ``Collection`` with their options: longer than the rest of a call's own work)."""
+        client = self.handle()
+        made = self._made_collection
+        if made is None or made[0] is not client:
+            made = (client, client[self.db_name][self.collection_name])
+            self._made_collection = made
+        return made[1]
 
     def _write(self, record: Record) -> str:
         document = {
