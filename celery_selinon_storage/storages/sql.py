@@ -271,7 +271,7 @@ class SqlStorage(JsonStorage):
         return record.task_id
 
     def _read(self, task_id: str) -> str | None:
-        session: _Session = self.handle()
+        session: _Session = self._handle or self.handle()
         found = self._execute(session, "select", (task_id,)).fetchone()
         return None if found is None else str(found[0])
 
@@ -312,8 +312,12 @@ class SqlStorage(JsonStorage):
             )
 
     def _execute(self, session: _Session, name: str, values: tuple[Any, ...]) -> Any:
-        assert session.statements is not None  # compiled when the connection was verified
-        sql, arguments = session.statements.bind(name, values)
+        statements = session.statements
+        assert statements is not None  # compiled when the connection was verified
+        if statements.positional and statements.order[name] is None:
+            sql, arguments = statements.sql[name], values  # the common case, without a call
+        else:
+            sql, arguments = statements.bind(name, values)
         session.in_exchange = True
         try:
             session.cursor.execute(sql, arguments)
