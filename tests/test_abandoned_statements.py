@@ -115,3 +115,21 @@ def test_a_session_that_only_shares_the_number_of_an_abandoned_one_is_left_alone
         other.invalidate()
         ender.close()
         engine.dispose()
+
+
+def test_a_server_without_the_session_views_connects_without_the_fence(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database that speaks the protocol but has no ``pg_stat_activity`` or process list (some
+    PostgreSQL- or MySQL-compatible servers): no session to end later, and the connection still works."""
+    dialect = sa.engine.make_url(url).get_backend_name()
+    family = "postgresql" if dialect == "postgresql" else "mysql"
+    monkeypatch.setitem(abandoned_sessions._WHO_AM_I, family, "SELECT 1, 2 FROM css_no_such_view")
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        assert abandoned_sessions.server_session(dialect, connection) is None
+        assert connection.exec_driver_sql("SELECT 1").scalar() == 1
+    finally:
+        connection.close()
+        engine.dispose()

@@ -18,6 +18,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import sqlalchemy as sa
+
 #: A server session: its number and what else tells it from a later one with the same number.
 SessionKey = tuple[int, str]
 
@@ -46,7 +48,12 @@ def server_session(dialect: str, connection: Any) -> SessionKey | None:
     family = _family(dialect)
     if family is None:
         return None
-    number, detail = connection.exec_driver_sql(_WHO_AM_I[family]).one()
+    try:
+        number, detail = connection.exec_driver_sql(_WHO_AM_I[family]).one()
+    except sa.exc.DBAPIError:
+        # a server that speaks the protocol without these views (a PostgreSQL-compatible database):
+        # its dropped sessions cannot be ended, as behind a pooler
+        return None
     return int(number), str(detail)
 
 
