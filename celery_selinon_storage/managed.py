@@ -401,29 +401,13 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
             )
 
     def _call(self, operation: str, method: Callable[..., T], *args: Any) -> T:
-        # Every store and retrieve runs this: each Python-level call here costs about as much as the
-        # rest of it, so the first try is inlined (``_attempt`` makes the retries), a concurrency-safe
-        # adapter's no-op guard is not called, and the metrics only when they are on.
         if self._closed or self.pid != state.this_pid:
             self._check_usable()
         stats = self.stats[operation]
-        guard = None if self.concurrency_safe else self._call_guard
         started = time.perf_counter()
         try:
-            if guard is not None and not guard.acquire(timeout=self.retry.try_timeout):
-                raise self._busy()
-            try:
-                if not self.adapter.is_connected():
-                    self.connect()
-                return method(*args)
-            except StorageError:
-                raise
-            except BaseException:
-                self._drop_connection()
-                raise
-            finally:
-                if guard is not None:
-                    guard.release()
+            # the first try is made here, the retries (rare) by the policy: no closure on the hot path
+            return self._attempt(method, args)
         except Exception as error:
             if not self._is_transient(error):
                 stats.errors += 1
@@ -433,11 +417,7 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
             stats.errors += 1
             raise
         finally:
-            seconds = time.perf_counter() - started
-            stats.calls += 1
-            stats.seconds += seconds
-            if metrics.recording:
-                metrics.record_call(self.name, operation, stats, seconds)
+            self._count(operation, stats, time.perf_counter() - started)
 
     def _retry(
         self,
@@ -481,7 +461,9 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
         # Under the call guard from connect to failure: an adapter's one connection is never made,
         # used or dropped while another thread or greenlet is using it. Waiting for the guard counts
         # as waiting on the server: a call stuck on a frozen server holds it.
-        if not self._call_guard.acquire(timeout=self.retry.try_timeout):
+        # (a concurrency-safe adapter's guard is a no-op: not called)
+        guard = None if self.concurrency_safe else self._call_guard
+        if guard is not None and not guard.acquire(timeout=self.retry.try_timeout):
             raise self._busy()
         try:
             if not self.adapter.is_connected():
@@ -495,7 +477,8 @@ class ManagedStorage(DataStorage):  # type: ignore[misc]
             self._drop_connection()
             raise
         finally:
-            self._call_guard.release()
+            if guard is not None:
+                guard.release()
 
     def _count(self, operation: str, stats: OperationStats, seconds: float) -> None:
         """One ended call of ``operation``, in the process's counts and the metrics."""
