@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import json
 import re
 import traceback
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from ..errors import (
     StorageError,
 )
 from ..retry import DEFAULT_RETRY
+from .json_text import from_json, to_json
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -48,11 +48,6 @@ _REFUSED_CHARACTER = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 #: Set, to a list, while ``check`` connects a storage: its ``connect`` must then change nothing on the
 #: server (no DDL); what the worker would create at start and is missing (a table) is noted in the list.
 CHECK_NOTES: ContextVar[list[str] | None] = ContextVar("CHECK_NOTES", default=None)
-
-#: Strict, compact JSON: NaN and infinities are refused (no JSON parser outside Python reads them).
-#: Built once: ``json.dumps`` with options makes a new encoder on every call.
-to_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
-
 
 class Record(NamedTuple):
     """One checked record, ready to write: its keys and its result as JSON text and UTF-8 bytes.
@@ -172,7 +167,7 @@ class JsonStorage(DataStorage):  # type: ignore[misc]
         found = self._exchange(self._read, key)
         if found is None:
             raise MissingResultError(self.label, task_id)
-        return json.loads(found) if self._stored_as_json else self._result_of(found, task_id)
+        return from_json(found) if self._stored_as_json else self._result_of(found, task_id)
 
     def delete(self, flow_name: str, task_name: str, task_id: str) -> None:
         """Delete the record of ``task_id``, or ``MissingResultError`` when there is none."""
@@ -224,7 +219,7 @@ class JsonStorage(DataStorage):  # type: ignore[misc]
 
     def _result_of(self, found: Any, task_id: str) -> Any:
         """The result in what ``_read`` found for ``task_id``: JSON text, unless a layout says otherwise."""
-        return json.loads(found)
+        return from_json(found)
 
     # -- checks before any I/O ----------------------------------------------------------------
 

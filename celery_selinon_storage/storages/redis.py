@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import redis
@@ -11,6 +10,7 @@ from redis.retry import Retry
 
 from ..secrets import mask_url
 from .base import JsonStorage, Record, require_positive, require_utf8
+from .json_text import from_json
 from .selinon_layout import as_int, result_field, selinon_json, selinon_record
 
 
@@ -150,4 +150,4 @@ class SelinonRedisStorage(RedisStorage):
         return record.task_id
 
     def _result_of(self, found: Any, task_id: str) -> Any:
-        return result_field(self.label, task_id, json.loads(found))
+        return result_field(self.label, task_id, from_json(found))

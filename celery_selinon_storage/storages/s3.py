@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -18,6 +17,7 @@ import urllib3.exceptions
 from ..errors import InvalidRecordError, OptionProblem, ResultNotSerializableError
 from ..secrets import mask_url
 from .base import JsonStorage, Record
+from .json_text import from_json
 from .selinon_layout import selinon_json
 
 T = TypeVar("T")
@@ -284,7 +284,7 @@ class SelinonS3Storage(S3Storage):
         return record.task_id
 
     def _result_of(self, found: Any, task_id: str) -> Any:
-        return json.loads(found) if self.serialize_json else found
+        return from_json(found) if self.serialize_json else found
 
 
 _quiet_chatty_loggers()  # at import: the prefork parent imports adapters when it checks the file

@@ -6,14 +6,14 @@ variants write the same bytes (NaN and infinities still refused), so old and new
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ..errors import OptionProblem
-from .base import Record, to_json
+from .base import Record
+from .json_text import json_encoder, to_json
 
 #: ``json.dumps`` as Selinon calls it, minus NaN and infinities (refused before any I/O by ``record``).
-selinon_json = json.JSONEncoder(allow_nan=False).encode
+selinon_json = json_encoder(ensure_ascii=True, separators=(", ", ": "))
 
 
 def node_args_data(node_args: Any) -> Any:

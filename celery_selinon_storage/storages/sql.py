@@ -28,7 +28,8 @@ from ..errors import (
 )
 from ..secrets import mask_url
 from . import abandoned_sessions, mysql_drivers, pg_drivers
-from .base import CHECK_NOTES, JsonStorage, Record, require_utf8, to_json
+from .base import CHECK_NOTES, JsonStorage, Record, require_utf8
+from .json_text import to_json
 
 #: SQLAlchemy 2 no longer accepts the ``postgres://`` scheme that Selinon's docs write.
 _SCHEME_ALIASES = {"postgres": "postgresql"}
