@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import re
 import traceback
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -41,13 +40,10 @@ MAX_KEY_LENGTH = 255
 #: Characters no id or name may hold: C0 controls (NUL, CR, LF, ...) and DEL.
 _CONTROL = frozenset(chr(code) for code in (*range(0x20), 0x7F))
 
-#: One scan for what ``_key_problem`` refuses by character: a control character or a lone surrogate
-#: (which UTF-8 cannot encode). Checked on every call, so one regex pass instead of a set and an encode.
-_REFUSED_CHARACTER = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
-
 #: Set, to a list, while ``check`` connects a storage: its ``connect`` must then change nothing on the
 #: server (no DDL); what the worker would create at start and is missing (a table) is noted in the list.
 CHECK_NOTES: ContextVar[list[str] | None] = ContextVar("CHECK_NOTES", default=None)
+
 
 class Record(NamedTuple):
     """One checked record, ready to write: its keys and its result as JSON text and UTF-8 bytes.
@@ -62,6 +58,9 @@ class Record(NamedTuple):
     result: Any
     text: str
     data: bytes
+
+
+_new_tuple = tuple.__new__
 
 
 class JsonStorage(DataStorage):  # type: ignore[misc]
@@ -233,20 +232,25 @@ class JsonStorage(DataStorage):  # type: ignore[misc]
             raise ResultNotSerializableError(
                 self.label, task_id, f"it holds text that is not valid Unicode ({_position(exc)})"
             ) from None
-        return Record(task_id, flow_name, task_name, node_args, result, text, data)
+        # tuple.__new__ skips the named tuple's generated __new__: one Python call less on every store
+        return _new_tuple(Record, (task_id, flow_name, task_name, node_args, result, text, data))
 
     def check_keys(self, task_id: Any, flow_name: Any, task_name: Any) -> None:
         """Ids and names are text of at most 255 characters, with no control characters."""
         if (
-            isinstance(task_id, str)
-            and isinstance(flow_name, str)
-            and isinstance(task_name, str)
+            type(task_id) is str
+            and type(flow_name) is str
+            and type(task_name) is str
             and 0 < len(task_id) <= MAX_KEY_LENGTH
             and len(flow_name) <= MAX_KEY_LENGTH
             and len(task_name) <= MAX_KEY_LENGTH
-            and _REFUSED_CHARACTER.search(task_id + flow_name + task_name) is None
+            # printable: no control character, no lone surrogate (nor other characters that are fine,
+            # such as a no-break space: those take the exact checks below)
+            and task_id.isprintable()
+            and flow_name.isprintable()
+            and task_name.isprintable()
         ):
-            return  # the common case; otherwise find which key is refused, and why
+            return  # the common case, checked in C; otherwise find which key is refused, and why
         for what, value in (("task id", task_id), ("flow name", flow_name), ("task name", task_name)):
             problem = _key_problem(value)
             if problem is None and what == "task id" and not value:
