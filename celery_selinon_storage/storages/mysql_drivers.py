@@ -10,21 +10,11 @@ Debian's ``libmariadb-dev``), so it is an extra of its own, ``[mysqlclient]``, a
 from __future__ import annotations
 
 import importlib.util
-import sys
 
-from .pg_drivers import eventlet_is_patched
+from .green_patching import eventlet_is_patched, gevent_is_patched
 
 MYSQLCLIENT = "mysqldb"
 PYMYSQL = "pymysql"
-
-
-def gevent_is_patched() -> bool:
-    """Whether gevent's monkey-patching of sockets is active (gevent is never imported here)."""
-    if "gevent" not in sys.modules:
-        return False
-    from gevent import monkey
-
-    return bool(monkey.is_module_patched("socket"))
 
 
 def default_driver() -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib
 import socket
 import ssl
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 from celery.utils.log import get_logger
 
 from ..errors import OptionProblem
+from .green_patching import eventlet_is_patched
 
 logger = get_logger("celery_selinon_storage")
 
@@ -65,16 +65,6 @@ SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _DEFAULT_ROOT_CERT = Path("~/.postgresql/root.crt")
 
 _told: set[str] = set()
-
-
-def eventlet_is_patched() -> bool:
-    """Whether eventlet's monkey-patching of sockets is active in this process (eventlet is never imported
-    here: a process that has not imported it has not patched anything with it)."""
-    if "eventlet" not in sys.modules:
-        return False
-    from eventlet import patcher
-
-    return bool(patcher.is_monkey_patched("socket"))
 
 
 def default_driver() -> str:
