@@ -272,7 +272,7 @@ class SqlStorage(JsonStorage):
         return record.task_id
 
     def _read(self, task_id: str) -> str | None:
-        session: _Session = self._handle or self.handle()
+        session: _Session = self.handle()
         found = self._execute(session, "select", (task_id,)).fetchone()
         return None if found is None else str(found[0])
 
@@ -315,10 +315,7 @@ class SqlStorage(JsonStorage):
     def _execute(self, session: _Session, name: str, values: tuple[Any, ...]) -> Any:
         statements = session.statements
         assert statements is not None  # compiled when the connection was verified
-        if statements.positional and statements.order[name] is None:
-            sql, arguments = statements.sql[name], values  # the common case, without a call
-        else:
-            sql, arguments = statements.bind(name, values)
+        sql, arguments = statements.bind(name, values)
         session.in_exchange = True
         try:
             session.cursor.execute(sql, arguments)
