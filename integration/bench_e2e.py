@@ -24,6 +24,8 @@ from pathlib import Path
 
 import redis
 
+from integration import charts
+
 ROOT = Path(__file__).resolve().parent.parent
 REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379")
 READY = re.compile(r"\bready\.")
@@ -224,9 +226,7 @@ def chart(results: dict[str, dict[str, float]], path: Path) -> None:
     axes.set_ylabel("tasks/s (higher is better)")
     axes.set_title("~1 KB result per task, same Redis server")
     axes.legend(loc="lower right", fontsize=8)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    charts.save(figure, path)
 
 
 if __name__ == "__main__":

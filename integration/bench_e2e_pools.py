@@ -30,6 +30,7 @@ import psycopg
 import redis
 
 from celery_selinon_storage.storages.sql import SqlStorage
+from integration import charts
 from integration.bench_e2e import start_worker, stop
 
 REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379")
@@ -287,9 +288,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
     axes.set_ylabel("tasks/s (higher is better)")
     axes.set_title("One ~200-byte result per task: managed storage vs Celery's result backend, same servers")
     axes.legend(fontsize=7, loc="upper right")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    charts.save(figure, path)
     print(f"chart: {path}")
 
 

@@ -69,6 +69,7 @@ from celery_selinon_storage.storages.mongo import MongoStorage
 from celery_selinon_storage.storages.redis import RedisStorage
 from celery_selinon_storage.storages.s3 import S3Storage
 from celery_selinon_storage.storages.sql import SqlStorage
+from integration import charts
 from integration.bench_selinon14 import encoded_size, records
 from integration.cpu_pinning import CpuPinning
 from tests.servers import mongo_wire_server, s3_server
@@ -991,9 +992,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
         f"celery-selinon-storage, {results['date']}: each figure from one run (the median of its rounds)",
         fontsize=9,
     )
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    charts.save(figure, path)
     print(f"chart: {path}")
 
 
