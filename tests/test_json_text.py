@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -34,12 +36,14 @@ json_values = st.recursive(
 )
 
 
-def outcome(function: Any, value: Any) -> tuple[str, Any]:
-    """What a call gave: its value (NaN made comparable), or its error's type and message."""
+def outcome(function: Any, value: Any) -> tuple[str, Any, bool]:
+    """What a call gave: its value (NaN made comparable), or its error's type and message, and whether a
+    traceback would show it chained to another error."""
     try:
-        return "value", repr(function(value))
+        return "value", repr(function(value)), False
     except (TypeError, ValueError, RecursionError) as exc:
-        return type(exc).__name__, str(exc)
+        chained = exc.__cause__ is not None or (exc.__context__ is not None and not exc.__suppress_context__)
+        return type(exc).__name__, str(exc), chained
 
 
 def stdlib_compact(value: Any) -> str:
@@ -91,6 +95,21 @@ def test_to_json_refuses_what_json_dumps_refuses_with_the_same_error(value: Any)
     ours, theirs = outcome(to_json, value), outcome(stdlib_compact, value)
     assert ours[0] != "value"
     assert ours == theirs
+
+
+def test_a_cycle_is_refused_at_once_whatever_the_recursion_limit() -> None:
+    # Found in review: without the encoder's record of open containers a cycle recursed down to the
+    # recursion limit; raised to 100,000 the C stack overflowed first (a segfault). In a child, to be safe.
+    script = (
+        "import sys; sys.setrecursionlimit(100_000)\n"
+        "from celery_selinon_storage.storages.json_text import to_json\n"
+        "looped = []; looped.append({'big': ['x' * 20] * 2000, 'back': looped})\n"
+        "try:\n    to_json(looped)\nexcept ValueError as exc:\n    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "Circular reference detected"), done.stderr[-500:]
 
 
 def test_a_failed_encoding_leaves_nothing_behind_for_the_next() -> None:
