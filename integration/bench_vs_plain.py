@@ -87,6 +87,9 @@ FLOW, TASK = "bench_flow", "bench_task"
 RECORDS = records()
 #: below this ratio to the fastest plain client, an adapter fails the benchmark
 THRESHOLD = 0.95
+#: What the plain clients encode with: the adapters' bytes (compact, UTF-8), through an encoder built once,
+#: as a careful user writes it (json.dumps with options builds an encoder per call).
+compact_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class Side:
@@ -234,7 +237,7 @@ def plain_sql(
     cursor = connection.cursor()
 
     def store(task_id: str, result: Any) -> None:
-        cursor.execute(upsert, (task_id, FLOW, TASK, "null", json.dumps(result)))
+        cursor.execute(upsert, (task_id, FLOW, TASK, "null", compact_json(result)))
 
     def retrieve(task_id: str) -> Any:
         cursor.execute(select, (task_id,))
@@ -437,7 +440,7 @@ def plain_redis(driver: str, tag: str, hiredis: bool) -> Side:
     client = redis.Redis(connection_pool=redis.ConnectionPool(**options))
 
     def store(task_id: str, result: Any) -> None:
-        client.set(f"{tag}:plain:{task_id}", json.dumps(result))
+        client.set(f"{tag}:plain:{task_id}", compact_json(result))
 
     def retrieve(task_id: str) -> Any:
         return json.loads(client.get(f"{tag}:plain:{task_id}"))  # type: ignore[arg-type]
@@ -493,7 +496,7 @@ def plain_mongo(uri: str, table: str) -> Side:
     collection = client["bench"][table + "_plain"]
 
     def store(task_id: str, result: Any) -> None:
-        document = {"_id": task_id, "flow_name": FLOW, "task_name": TASK, "result": json.dumps(result)}
+        document = {"_id": task_id, "flow_name": FLOW, "task_name": TASK, "result": compact_json(result)}
         collection.replace_one({"_id": task_id}, document, upsert=True)
 
     def retrieve(task_id: str) -> Any:
@@ -516,7 +519,7 @@ def plain_s3(s3: dict[str, Any], bucket: str) -> Side:
     client = boto3.session.Session().client("s3", **s3)
 
     def store(task_id: str, result: Any) -> None:
-        client.put_object(Bucket=bucket, Key=f"plain/{task_id}.json", Body=json.dumps(result).encode(),
+        client.put_object(Bucket=bucket, Key=f"plain/{task_id}.json", Body=compact_json(result).encode(),
                           ContentType="application/json", Metadata={"flow-name": FLOW, "task-name": TASK})  # fmt: skip
 
     def retrieve(task_id: str) -> Any:
@@ -584,7 +587,8 @@ def backends(
 def server_ports(only: set[str]) -> set[int]:
     """The ports of the running servers that the chosen backends measure."""
     urls = {"postgresql": [POSTGRES, *([PGBOUNCER] if PGBOUNCER else [])], "mariadb": [MARIADB]}
-    ports = {urlsplit(url).port or {"postgresql": 5432, "mysql": 3306}[urlsplit(url).scheme.split("+")[0]]
+    default_port = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mariadb": 3306}
+    ports = {urlsplit(url).port or default_port[urlsplit(url).scheme.split("+")[0]]
              for name, listed in urls.items() if not only or name in only for url in listed}  # fmt: skip
     if not only or "redis" in only:
         ports.add(REDIS_PORT)
@@ -827,10 +831,6 @@ def main() -> None:
         print(
             f"(Selinon 1.4 skipped: no {SELINON14_PYTHON} (BENCH_SELINON14_PYTHON); see integration/bench_selinon14.py)"
         )
-    print(
-        "| backend | record | side | store ops/s | vs fastest plain | vs same driver | retrieve ops/s | vs fastest plain | vs same driver | client CPU µs per store / retrieve |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|", flush=True)  # fmt: skip
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "sizes": sizes, "rows": [], "peers": [],
                                "failures": [], "runs": []}  # fmt: skip
     payloads = list(RECORDS) if args.large else list(RECORDS)[:1]
@@ -841,10 +841,17 @@ def main() -> None:
         pinning = None if args.no_pin else CpuPinning.split()
         if pinning is not None:
             stack.enter_context(pinning)
-            servers = pinning.pin_servers(server_ports(only))
-            print(f"(the servers measured, pids {', '.join(map(str, servers))} and those the benchmark starts, run "
-                  f"on CPU {pinning.server_cpu}, the benchmark on CPU {pinning.client_cpu}; --no-pin leaves them be)",
-                  flush=True)  # fmt: skip
+            pinned, missed = pinning.pin_servers(server_ports(only))
+            print(f"(the servers measured, pids {', '.join(map(str, pinned)) or 'none'} and those the benchmark "
+                  f"starts, run on CPU {pinning.server_cpu}, the benchmark on CPU {pinning.client_cpu}; --no-pin "
+                  "leaves them be)", flush=True)  # fmt: skip
+            if missed:
+                print(f"(not pinned: the listeners of ports {', '.join(map(str, missed))}, not visible or not "
+                      "ours to move: their figures vary with where the scheduler runs them)", flush=True)  # fmt: skip
+        print(
+            "| backend | record | side | store ops/s | vs fastest plain | vs same driver | retrieve ops/s | vs fastest plain | vs same driver | client CPU µs per store / retrieve |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|", flush=True)  # fmt: skip
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         for backend in backends(workdir, stack, tag, only, pinning):
             selinon14_versions |= run_backend(
