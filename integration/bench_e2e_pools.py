@@ -287,7 +287,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
     axes.set_xticks(range(len(results)), list(results))
     axes.set_ylabel("tasks/s (higher is better)")
     axes.set_title("One ~200-byte result per task: managed storage vs Celery's result backend, same servers")
-    axes.legend(fontsize=7, loc="upper right")
+    axes.set_ylim(0, 1.3 * max(max(rates.values()) for rates in results.values()))  # room for the legend
+    axes.legend(fontsize=7, loc="upper right", ncol=2)
     charts.save(figure, path)
     print(f"chart: {path}")
 
