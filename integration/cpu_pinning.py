@@ -11,7 +11,8 @@ So the servers get the first CPU and the benchmark the last: every connection is
 Servers already running (found by the port they listen on) are pinned, threads, children and all, and each
 thread gets its own CPUs back at the end (threads and children started meanwhile get their process's);
 so are the servers the benchmark starts, once they listen. SIGTERM ends the run through the same
-restoring; after a SIGKILL, ``taskset -a -p -c 0-N PID`` gives a server its CPUs back.
+restoring, and a Ctrl-C or SIGTERM that comes during the restoring waits for its end; after a SIGKILL,
+``taskset -a -p -c 0-N PID`` gives a server its CPUs back.
 """
 
 from __future__ import annotations
@@ -74,14 +75,23 @@ class CpuPinning:
         return sorted(pinned), sorted(missed)
 
     def __exit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
-        for pid, saved in self._saved.items():
-            with contextlib.suppress(psutil.Error, OSError):  # a server the benchmark started has ended
-                process_cpus = saved.get(pid, set(range(os.cpu_count() or 1)))
-                for thread in _threads_affinity(pid):  # now: those started meanwhile included
-                    with contextlib.suppress(OSError):
-                        os.sched_setaffinity(thread, saved.get(thread, process_cpus))
-        os.sched_setaffinity(0, self._own)
-        signal.signal(signal.SIGTERM, self._previous_sigterm)  # type: ignore[arg-type]
+        # a Ctrl-C or SIGTERM that comes now is held until every server has its CPUs back
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING_SIGNALS)
+        try:
+            for pid, saved in self._saved.items():
+                with contextlib.suppress(psutil.Error, OSError):  # a server the benchmark started has ended
+                    process_cpus = saved.get(pid, set(range(os.cpu_count() or 1)))
+                    for thread in _threads_affinity(pid):  # now: those started meanwhile included
+                        with contextlib.suppress(OSError):
+                            os.sched_setaffinity(thread, saved.get(thread, process_cpus))
+            os.sched_setaffinity(0, self._own)
+            signal.signal(signal.SIGTERM, self._previous_sigterm)  # type: ignore[arg-type]
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+#: The signals that would stop a run part-way through giving the servers their CPUs back.
+_STOPPING_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
