@@ -72,7 +72,9 @@ def test_every_pool_owns_guards_and_closes_its_storages(
     concurrency = POOLS[pool]
     worker = workers(storages=storages, pool=pool, concurrency=concurrency, queue=queue).start().wait_ready()
     # prefork and solo run one task at a time, but a task may start threads: a thread lock there too
-    assert f"guard={'thread' if pool in ('prefork', 'solo') else pool.rstrip('s')}" in worker.output
+    # (prefork children log their storages on their own schedule, maybe after the worker's "ready")
+    guard = f"guard={'thread' if pool in ('prefork', 'solo') else pool.rstrip('s')}"
+    wait_for(lambda: guard in worker.output, 10, guard, detail=lambda: worker.output)
 
     fast = [store_in.apply_async(([name],), queue=queue) for _ in range(12) for name in ("Unsafe", "Safe")]
     task_pids = {int(result.get(timeout=60)) for result in fast}
