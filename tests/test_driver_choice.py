@@ -459,10 +459,10 @@ def test_a_call_past_its_deadline_lets_its_connection_go_at_once(
         ended = time.monotonic()
         assert ended - started < 2, f"the call took {ended - started:.1f} s with a deadline of 1 s"
         # the error and its traceback are still alive here: the connection must be gone all the same
-        deadline = ended + 1
+        deadline = ended + 2  # the relay's thread notices within a poll; the slack is for a loaded machine
         while not relay.client_gone and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert relay.client_gone, f"{driver}: the interrupted connection was still open 1 s after the call"
+        assert relay.client_gone, f"{driver}: the interrupted connection was still open 2 s after the call"
         assert storage.stats["store"].timeouts == 1, repr(caught.value.__cause__)
         if driver == "psycopg":
             assert repr(caught.value.__cause__) == (
@@ -494,7 +494,8 @@ def test_the_psycopg_deadline_is_the_storages_to_the_tenth_of_a_second_not_libpq
             storage.store(None, "f", "t", "silent", {"n": 1})
         took = time.monotonic() - started
         storage.shut_down(timeout=5)
-    assert took < 1.5, f"two tries of 0.5 s took {took:.2f} s"
+    # libpq's own bound would take 2 s for one try; the slack is for a loaded machine
+    assert took < 1.9, f"two tries of 0.5 s took {took:.2f} s"
     assert "timeout 1 s" in str(caught.value)
     assert "ServerWaitTimeout) the server did not complete the connection within 0.5 s" in repr(
         caught.value.__cause__

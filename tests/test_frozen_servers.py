@@ -506,7 +506,8 @@ def test_a_silent_storage_delays_neither_the_others_nor_the_start(tmp_path: Path
     closed_in = time.monotonic() - closing
     assert local_connected, "the SQLite storage waited for the silent one"
     assert not silent_connected
-    assert took < DEFAULT_CONNECT_BUDGET + 0.5, f"start-up took {took:.1f} s"
+    # waiting for the silent storage would take its 3 s; the slack is for a loaded machine
+    assert took < DEFAULT_CONNECT_BUDGET + 0.9, f"start-up took {took:.1f} s"
     assert closed_in < 1, f"closing took {closed_in:.1f} s"
 
 
