@@ -284,17 +284,11 @@ def test_a_server_frozen_mid_load_holds_no_task_past_its_timeout_and_loses_nothi
         try:
             worker = workers(storages=storages, pool=pool, concurrency=concurrency, queue=queue)
             worker.start().wait_ready()
-            sent = [
-                store_with_retry.apply_async(("Results", {"i": i}), queue=queue).id
-                for i in range(FROZEN_TASKS)
-            ]
+            sent = send_stores(range(FROZEN_TASKS), queue)
             wait_for(lambda: len(target.stored()) >= FROZEN_TASKS // 5, 60, "a fifth of the records")
             with freezer.frozen(target.server):
                 frozen_at = time.monotonic()
-                sent += [
-                    store_with_retry.apply_async(("Results", {"i": i}), queue=queue).id
-                    for i in range(FROZEN_TASKS, FROZEN_TASKS + FROZEN_LATE_TASKS)
-                ]
+                sent += send_stores(range(FROZEN_TASKS, FROZEN_TASKS + FROZEN_LATE_TASKS), queue)
                 wait_for(
                     lambda: "StorageUnavailableError" in worker.output,
                     FROZEN_TIMEOUT + 4,
